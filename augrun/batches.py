@@ -1,0 +1,142 @@
+"""Batches for one epoch, from either augmentation backend, sharded over the ranks of a run.
+
+Both backends index the same per-epoch plan (`epoch_plan`): global batches cut from a seeded permutation, each split
+evenly over the ranks, so every image is used once per epoch whatever the process count. A batch source yields
+(images, targets) already on the training device; `start_step` skips the steps a resumed run has already done.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from augrun.data import ImageData
+from augrun.seeding import derive_seed
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+               shuffle: bool = True, drop_last: bool = False) -> list[torch.Tensor]:
+    """This rank's image indices for each step of an epoch. `batch_size` is the global batch.
+
+    A final global batch smaller than the world size cannot give every rank an image, so it is dropped (at most
+    world_size - 1 images an epoch); `drop_last` drops any incomplete final batch (a fixed shape for torch.compile).
+    """
+    if shuffle:
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch)))
+    else:
+        order = torch.arange(num_samples)
+    plan = []
+    for start in range(0, num_samples, batch_size):
+        global_batch = order[start:start + batch_size]
+        if len(global_batch) < world_size or (drop_last and len(global_batch) < batch_size):
+            break
+        plan.append(global_batch.tensor_split(world_size)[rank])
+    return plan
+
+
+class BatchFinisher:
+    """What both backends do to a batch once it is on the device: normalise, mix labels (MixUp/CutMix), lay out."""
+
+    def __init__(self, *, device: torch.device, mean: Sequence[float] | None, std: Sequence[float] | None,
+                 batch_ops: Sequence[Callable] = (), channels_last: bool = False, seed: int = 0, rank: int = 0):
+        self.device = device
+        self.mean = None if mean is None else torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.batch_ops = list(batch_ops)
+        self.channels_last = channels_last
+        self.seed, self.rank = seed, rank
+        self.generator = torch.Generator(device=device)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, *, epoch: int, step: int,
+                 normalize: bool) -> Batch:
+        if normalize and self.mean is not None:
+            images = (images - self.mean) / self.std
+        targets = labels
+        if self.batch_ops:
+            self.generator.manual_seed(derive_seed(self.seed, "batch_ops", epoch, step, self.rank))
+            for op in self.batch_ops:
+                images, targets = op(images, labels, self.generator)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """Map-style dataset for the cpu backend, indexed by (epoch, image index).
+
+    Each image's transform draws from a generator seeded by (seed, epoch, index), so the draws do not depend on which
+    worker handles the image or how many workers there are.
+    """
+
+    def __init__(self, data: ImageData, transform: Callable, seed: int):
+        pixels = data.images.permute(0, 2, 3, 1)  # PIL wants H, W, C
+        self.pixels = (pixels[..., 0] if pixels.shape[-1] == 1 else pixels).contiguous().numpy()
+        self.labels = data.labels
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
+        epoch, index = key
+        torch.default_generator.manual_seed(derive_seed(self.seed, "aug", epoch, index))
+        return self.transform(Image.fromarray(self.pixels[index])), self.labels[index]
+
+
+class WorkerBatches:
+    """cpu backend: torchvision transforms per image in DataLoader worker processes (the book's data path)."""
+
+    def __init__(self, data: ImageData, transform: Callable, finish: BatchFinisher, *, batch_size: int, workers: int,
+                 seed: int, rank: int, world_size: int, shuffle: bool, drop_last: bool = False):
+        self.dataset = AugmentedImages(data, transform, seed)
+        self.finish = finish
+        self.workers = workers
+        self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
+                              drop_last=drop_last)
+
+    def steps(self, epoch: int) -> int:
+        return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        plan = epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args)[start_step:]
+        keys = [[(epoch, int(i)) for i in indices] for indices in plan]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
+                                             pin_memory=self.finish.device.type == "cuda")
+        for step, (images, labels) in enumerate(loader, start_step):
+            images = images.to(self.finish.device, non_blocking=True)
+            labels = labels.to(self.finish.device, non_blocking=True)
+            # the workers already normalised (torchvision Normalize is part of their transform)
+            yield self.finish(images, labels, epoch=epoch, step=step, normalize=False)
+
+
+class DeviceBatches:
+    """gpu backend: the dataset lives on the device as uint8; each batch is indexed, then augmented per sample there."""
+
+    def __init__(self, data: ImageData, pipeline: Callable | None, finish: BatchFinisher, *, batch_size: int, seed: int,
+                 rank: int, world_size: int, shuffle: bool, drop_last: bool = False):
+        self.images = data.images.to(finish.device)
+        self.labels = data.labels.to(finish.device)
+        self.pipeline = pipeline
+        self.finish = finish
+        self.seed, self.rank = seed, rank
+        self.generator = torch.Generator(device=finish.device)
+        self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
+                              drop_last=drop_last)
+
+    def steps(self, epoch: int) -> int:
+        return len(epoch_plan(len(self.labels), epoch=epoch, **self.plan_args))
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        plan = epoch_plan(len(self.labels), epoch=epoch, **self.plan_args)
+        for step in range(start_step, len(plan)):
+            indices = plan[step].to(self.finish.device, non_blocking=True)
+            images = self.images[indices].float().div_(255)
+            if self.pipeline is not None:
+                # reseeded per step (a host-side call, no sync) so a resumed run draws what the original drew
+                self.generator.manual_seed(derive_seed(self.seed, "aug", epoch, step, self.rank))
+                images = self.pipeline(images, self.generator)
+            yield self.finish(images, self.labels[indices], epoch=epoch, step=step, normalize=True)

@@ -1,0 +1,156 @@
+"""Config schemas (registered in Hydra's ConfigStore) and the range checks types cannot express.
+
+Hydra merges every YAML into these dataclasses while composing, so an unknown key or a wrong type fails at composition;
+`check_ranges` then checks values. Both end in a `ConfigError` that names the key and what would be valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """Bad user input: printed as one line, exit status 2."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass
+class AugConfig:
+    backend: str = "auto"
+    train: dict[str, Any] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = "data/"
+    download: bool = True
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 10
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    normalize: bool = False
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    width: int = 64
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class SchedConfig:
+    name: str = "none"
+    warmup_epochs: int = 0
+    pct_start: float = 0.25
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    devices: Any = "auto"
+    nprocs: Optional[int] = None
+    strategy: str = "ddp"
+    workers: int = 4
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    label_smoothing: float = 0.0
+    loss_reduction: str = "mean"
+    progress_updates: int = 10
+
+
+@dataclass
+class TrainConfig:
+    aug: AugConfig = field(default_factory=AugConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    resume: bool = False
+    logger: str = "none"
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+CHOICES = {
+    "aug.backend": ("auto", "cpu", "gpu"),
+    "trainer.strategy": ("ddp", "dp"),
+    "trainer.precision": ("auto", "fp32", "bf16"),
+    "trainer.loss_reduction": ("mean", "sum"),
+    "logger": ("none", "tensorboard"),
+}
+
+
+def check_choice(key: str, value: str) -> None:
+    if value not in CHOICES[key]:
+        raise ConfigError(key, f"got {value!r}; valid: {', '.join(CHOICES[key])}")
+
+
+def check_at_least(key: str, value: float | None, minimum: float, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < minimum:
+        raise ConfigError(key, f"got {value}; must be >= {minimum}" + (" or null" if allow_none else ""))
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    """The checks that types cannot express; device checks live in distributed.resolve_devices."""
+    for key in CHOICES:
+        section, _, name = key.rpartition(".")
+        check_choice(key, getattr(getattr(cfg, section) if section else cfg, name))
+    t = cfg.trainer
+    check_at_least("trainer.epochs", t.epochs, 1)
+    check_at_least("trainer.batch_size", t.batch_size, 1)
+    check_at_least("trainer.workers", t.workers, 0)
+    check_at_least("trainer.nprocs", t.nprocs, 1, allow_none=True)
+    check_at_least("trainer.progress_updates", t.progress_updates, 1)
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise ConfigError("trainer.label_smoothing", f"got {t.label_smoothing}; valid: 0 <= value < 1")
+    o = cfg.optim
+    if o.name not in ("adam", "sgd"):
+        raise ConfigError("optim.name", f"got {o.name!r}; valid: adam, sgd")
+    check_at_least("optim.lr", o.lr, 0.0)
+    check_at_least("optim.weight_decay", o.weight_decay, 0.0)
+    if not 0.0 <= o.momentum < 1.0:
+        raise ConfigError("optim.momentum", f"got {o.momentum}; valid: 0 <= value < 1")
+    s = cfg.sched
+    if s.name not in ("none", "cosine", "onecycle"):
+        raise ConfigError("sched.name", f"got {s.name!r}; valid: none, cosine, onecycle")
+    check_at_least("sched.warmup_epochs", s.warmup_epochs, 0)
+    if not 0.0 < s.pct_start < 1.0:
+        raise ConfigError("sched.pct_start", f"got {s.pct_start}; valid: 0 < value < 1")
+    d = cfg.dataset
+    check_at_least("dataset.image_size", d.image_size, 1)
+    check_at_least("dataset.train_size", d.train_size, 1, allow_none=True)
+    check_at_least("dataset.test_size", d.test_size, 1, allow_none=True)
+    if d.channels not in (1, 3):
+        raise ConfigError("dataset.channels", f"got {d.channels}; valid: 1, 3")
+    check_at_least("dataset.num_classes", d.num_classes, 2)
+    if d.normalize and (not d.std or any(s <= 0 for s in d.std)):
+        raise ConfigError("dataset.std", f"got {list(d.std)}; every std must be > 0 when normalize is true")
+    check_at_least("model.width", cfg.model.width, 1)

@@ -1,0 +1,256 @@
+"""Datasets as uint8 tensors (N, C, H, W) with int64 labels: CIFAR-10/100, Fashion-MNIST, image folders, synthetic.
+
+Every loader returns the same `ImageData`, so both augmentation backends and every model see one format. Decoding is
+done once: CIFAR's pickles are small, image folders are cached as a .pt file beside the images.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from augrun.seeding import derive_seed
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read: printed as one line, exit status 2."""
+
+
+@dataclass
+class ImageData:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSplits:
+    train: ImageData
+    test: ImageData
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
+SUBSET_SEED = 0  # subsets are the same for every run seed, so seeds vary the training, not the data
+
+
+def load_dataset(name: str, root: str, *, download: bool = True, image_size: int = 32, channels: int = 3,
+                 num_classes: int = 10, train_size: int | None = None, test_size: int | None = None) -> DataSplits:
+    if name == "synthetic":
+        return make_synthetic(image_size=image_size, channels=channels, num_classes=num_classes,
+                              train_size=train_size or 512, test_size=test_size or 256)
+    if name in ("cifar10", "cifar100"):
+        splits = load_cifar(Path(root), name, download=download)
+    elif name == "fashion_mnist":
+        splits = load_fashion_mnist(Path(root), download=download)
+    elif name == "imagefolder":
+        splits = load_image_folder(Path(root), image_size=image_size)
+    else:
+        raise DataError(f"dataset.name: unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size))
+
+
+def subset(data: ImageData, size: int | None) -> ImageData:
+    """A seeded, class-balanced subset: classes take turns in a random order until `size` images are taken."""
+    if size is None or size >= len(data):
+        return data
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    order = torch.randperm(len(data), generator=generator)
+    shuffled_labels = data.labels[order]
+    # rank of each image within its class in the shuffled order; sorting by it interleaves the classes
+    rank_in_class = torch.zeros(len(data), dtype=torch.long)
+    for label in shuffled_labels.unique():
+        members = (shuffled_labels == label).nonzero().squeeze(1)
+        rank_in_class[members] = torch.arange(len(members))
+    chosen = order[torch.sort(rank_in_class, stable=True).indices[:size]].sort().values
+    return ImageData(data.images[chosen], data.labels[chosen], data.classes)
+
+
+# --- synthetic ----------------------------------------------------------------------------------------------------
+
+def make_synthetic(*, image_size: int, channels: int, num_classes: int, train_size: int, test_size: int) -> DataSplits:
+    """Each class is a smooth random pattern; images are noisy copies of it, so a small model learns it in one epoch."""
+    generator = torch.Generator().manual_seed(derive_seed("synthetic", image_size, channels, num_classes))
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=generator)
+    patterns = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+    def draw(count: int) -> ImageData:
+        labels = torch.arange(count) % num_classes
+        labels = labels[torch.randperm(count, generator=generator)]
+        noise = torch.randn(count, channels, image_size, image_size, generator=generator) * 0.25
+        images = ((patterns[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+        return ImageData(images, labels, [f"class_{i}" for i in range(num_classes)])
+
+    return DataSplits(draw(train_size), draw(test_size))
+
+
+# --- CIFAR ------------------------------------------------------------------------------------------------------
+
+CIFAR = {
+    "cifar10": dict(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a",
+                    folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    meta="batches.meta", label_key="labels", names_key="label_names"),
+    "cifar100": dict(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85",
+                     folder="cifar-100-python", train=["train"], test=["test"], meta="meta", label_key="fine_labels",
+                     names_key="fine_label_names"),
+}
+
+
+def load_cifar(root: Path, name: str, *, download: bool) -> DataSplits:
+    spec = CIFAR[name]
+    folder = root / spec["folder"]
+    needed = [folder / f for f in spec["train"] + spec["test"] + [spec["meta"]]]
+    if not all(p.is_file() for p in needed):
+        fetch(spec["url"], spec["md5"], root, download=download, looked_for=folder)
+    classes = _unpickle(folder / spec["meta"])[spec["names_key"]]
+
+    def read(files: list[str]) -> ImageData:
+        batches = [_unpickle(folder / f) for f in files]
+        pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+        labels = np.concatenate([np.asarray(b[spec["label_key"]], dtype=np.int64) for b in batches])
+        # the pickles store each image as 1024 red, then green, then blue values, row by row
+        images = torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy())
+        return ImageData(images, torch.from_numpy(labels), list(classes))
+
+    return DataSplits(read(spec["train"]), read(spec["test"]))
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as file:
+            return pickle.load(file, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError) as error:
+        raise DataError(f"dataset.root: cannot read {path}: {error}; delete it to download again") from None
+
+
+def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -> None:
+    """Download and extract an archive with torchvision's utilities, or say where the data should be."""
+    archive = url.rsplit("/", 1)[1]
+    how = f"download {url} and extract it into {root}/, or point dataset.root at a folder holding {looked_for.name}/"
+    if not download:
+        raise DataError(f"dataset.root: {looked_for} not found and dataset.download=false; {how}")
+    from torchvision.datasets.utils import download_and_extract_archive
+    try:
+        download_and_extract_archive(url, str(root), filename=archive, md5=md5)
+    except (OSError, RuntimeError, tarfile.TarError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"dataset.root: {looked_for} not found and the download failed ({reason}); {how}") from None
+
+
+# --- Fashion-MNIST -------------------------------------------------------------------------------------------------
+
+def load_fashion_mnist(root: Path, *, download: bool) -> DataSplits:
+    from torchvision.datasets import FashionMNIST  # torchvision parses the idx files and knows the mirrors
+    try:
+        splits = [FashionMNIST(str(root), train=train, download=download) for train in (True, False)]
+    except RuntimeError as error:  # torchvision's "Dataset not found"
+        raise DataError(f"dataset.root: Fashion-MNIST not found in {root / 'FashionMNIST' / 'raw'} ({error}); "
+                        "set dataset.download=true with network access, or copy the four idx files there") from None
+    except OSError as error:
+        raise DataError(f"dataset.root: Fashion-MNIST download into {root} failed ({error}); "
+                        "copy the four idx .gz files into FashionMNIST/raw/ there") from None
+    return DataSplits(*(ImageData(s.data.unsqueeze(1).clone(), s.targets.clone(), list(s.classes)) for s in splits))
+
+
+# --- image folders -------------------------------------------------------------------------------------------------
+
+def load_image_folder(root: Path, *, image_size: int) -> DataSplits:
+    if not root.is_dir():
+        raise DataError(f"dataset.root: {root} is not a directory; valid: a folder holding train/<class>/ and test/<class>/")
+    splits = [_class_files(root, split) for split in ("train", "test")]
+    if list(splits[0]) != list(splits[1]):
+        only_train = sorted(set(splits[0]) - set(splits[1]))
+        only_test = sorted(set(splits[1]) - set(splits[0]))
+        raise DataError(f"dataset.root: classes differ between {root}/train and {root}/test "
+                        f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
+    return DataSplits(*(_cached_decode(root, split, files, image_size) for split, files in zip(("train", "test"), splits)))
+
+
+def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"dataset.root: {folder} is missing; valid: {root} holding train/<class>/ and test/<class>/")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"dataset.root: {folder} has no class folders; valid: {folder}/<class>/<image files>")
+    files = {c: sorted(p for p in (folder / c).iterdir() if p.is_file() and not p.name.startswith(".")) for c in classes}
+    for c, paths in files.items():
+        if not paths:
+            raise DataError(f"dataset.root: class folder {folder / c} is empty; every class needs at least one image")
+    return files
+
+
+def _fingerprint(files: dict[str, list[Path]], image_size: int) -> str:
+    """Changes when any file is added, removed, renamed, resized or touched: then the cache is rebuilt."""
+    digest = hashlib.sha1(f"v1 {image_size}".encode())
+    for c, paths in files.items():
+        for p in paths:
+            stat = p.stat()
+            digest.update(f"{c}/{p.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _cached_decode(root: Path, split: str, files: dict[str, list[Path]], image_size: int) -> ImageData:
+    cache_dir = root / ".augrun-cache"
+    cache = cache_dir / f"{split}-{image_size}-{_fingerprint(files, image_size)}.pt"
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            return ImageData(saved["images"], saved["labels"], list(saved["classes"]))
+        except Exception:  # a cache is only a shortcut: decode again when it cannot be read
+            pass
+    data = _decode(files, image_size)
+    try:
+        cache_dir.mkdir(exist_ok=True)
+        for stale in cache_dir.glob(f"{split}-{image_size}-*.pt"):
+            stale.unlink()
+        with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as tmp:
+            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
+        os.replace(tmp.name, cache)
+    except OSError:
+        pass  # a read-only dataset folder still works, it is just decoded every time
+    return data
+
+
+def _decode(files: dict[str, list[Path]], image_size: int) -> ImageData:
+    from PIL import Image, UnidentifiedImageError
+
+    count = sum(len(paths) for paths in files.values())
+    images = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
+    labels = np.empty(count, dtype=np.int64)
+    i = 0
+    for label, paths in enumerate(files.values()):
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    if image.size != (image_size, image_size):
+                        image = image.resize((image_size, image_size), Image.BILINEAR)
+                    images[i] = np.asarray(image)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+                raise DataError(f"dataset.root: cannot decode {path} ({error}); remove it or replace it with a valid "
+                                "image (PNG, JPEG, BMP, ...)") from None
+            labels[i] = label
+            i += 1
+    return ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), list(files))

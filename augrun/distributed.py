@@ -1,0 +1,169 @@
+"""Devices and processes: which devices a run uses, one process per device (DDP), and the collectives it needs.
+
+augrun starts its own processes (torch.multiprocessing.spawn) for a plain `augrun train` on several devices; under
+torchrun (RANK set in the environment) it starts nothing and joins the group torchrun made, which is how multi-node
+runs work. With one process every collective here is the identity, so single-device code pays nothing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from augrun.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a run asked for, resolved against what this machine has."""
+    kind: str                 # "cuda" or "cpu"
+    gpu_indices: tuple[int, ...]
+    nprocs: int
+    strategy: str             # "ddp", "dp" or "single"
+
+    def device_names(self) -> list[str]:
+        return [f"cuda:{i}" for i in self.gpu_indices] if self.kind == "cuda" else ["cpu"] * self.nprocs
+
+
+def resolve_devices(devices: Any, *, nprocs: int | None, strategy: str, visible_gpus: int) -> Placement:
+    """Turn trainer.devices / nprocs / strategy into a placement, or a ConfigError naming what would be valid."""
+    valid = f"valid: auto, cpu, cuda, a count 1..{visible_gpus} or a list of indices 0..{visible_gpus - 1}" \
+        if visible_gpus else "valid here (no CUDA device visible): auto, cpu"
+    if devices == "auto":
+        indices = tuple(range(visible_gpus))
+    elif devices == "cpu":
+        indices = ()
+    elif devices == "cuda":
+        if not visible_gpus:
+            raise ConfigError("trainer.devices", f"cuda requested but no CUDA device is visible; {valid}")
+        indices = tuple(range(visible_gpus))
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        if not 1 <= devices <= visible_gpus:
+            raise ConfigError("trainer.devices", f"{devices} GPUs requested, {visible_gpus} visible; {valid}")
+        indices = tuple(range(devices))
+    elif isinstance(devices, (list, tuple)) and devices and all(isinstance(i, int) for i in devices):
+        missing = [i for i in devices if not 0 <= i < visible_gpus]
+        if missing or len(set(devices)) != len(devices):
+            raise ConfigError("trainer.devices", f"GPU index {missing or list(devices)} does not exist or repeats; {valid}")
+        indices = tuple(devices)
+    else:
+        raise ConfigError("trainer.devices", f"got {devices!r}; {valid}")
+
+    if not indices:  # cpu: one process unless asked for more (gloo DDP on the CPU)
+        count = nprocs or 1
+        return Placement("cpu", (), count, "ddp" if count > 1 else "single")
+    if strategy == "dp":
+        if nprocs not in (None, 1):
+            raise ConfigError("trainer.nprocs", f"got {nprocs}; nn.DataParallel (strategy=dp) runs in 1 process")
+        return Placement("cuda", indices, 1, "dp" if len(indices) > 1 else "single")
+    if nprocs not in (None, len(indices)):
+        raise ConfigError("trainer.nprocs", f"got {nprocs} for {len(indices)} GPUs; valid: null or {len(indices)} "
+                          "(one process per GPU)")
+    return Placement("cuda", indices, len(indices), "ddp" if len(indices) > 1 else "single")
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(worker: Callable[..., Any], placement: Placement, *args: Any) -> None:
+    """Run worker(rank, world_size, device, *args) in every process of the run."""
+    if under_torchrun():
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        device = torch.device(f"cuda:{placement.gpu_indices[local_rank]}") if placement.kind == "cuda" \
+            else torch.device("cpu")
+        _run_in_group(worker, rank, world, device, args)
+    elif placement.nprocs > 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(_free_port())
+        _spawn_and_join(worker, placement, args)
+    else:
+        device = torch.device(f"cuda:{placement.gpu_indices[0]}") if placement.kind == "cuda" else torch.device("cpu")
+        worker(0, 1, device, *args)
+
+
+def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tuple) -> None:
+    """Start one process per rank and wait. If one fails, join ends the others and raises with that rank's error.
+
+    A SIGINT/SIGTERM sent to this launcher alone (a scheduler's, say) is passed on, so every rank checkpoints and stops.
+    """
+    context = torch.multiprocessing.start_processes(_spawned, args=(worker, placement, args), nprocs=placement.nprocs,
+                                                    join=False, start_method="spawn")
+
+    def forward(signum, frame):
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # a short grace period: the survivors of a failed rank wait in a collective that will never complete
+        while not context.join(grace_period=2):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple) -> None:
+    device = torch.device(f"cuda:{placement.gpu_indices[rank]}") if placement.kind == "cuda" else torch.device("cpu")
+    _run_in_group(worker, rank, placement.nprocs, device, args)
+
+
+def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                            device_id=device if device.type == "cuda" else None)
+    try:
+        worker(rank, world, device, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> int:
+    """The largest value over the ranks, read on the host."""
+    if is_distributed():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's object on every rank (a no-op in one process)."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any: ranks must agree before they leave a loop together."""
+    if not is_distributed():
+        return flag
+    return all_reduce_max(torch.tensor(int(flag), device=device)) > 0

@@ -1,0 +1,94 @@
+"""One epoch of training and one evaluation pass. Metrics accumulate on the device; the host reads them rarely."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from augrun import distributed
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, epoch: int, step: int):
+        super().__init__(f"loss became non-finite at epoch {epoch}, step {step}; lower optim.lr or check the data "
+                         "(the last good checkpoint is kept)")
+
+
+@dataclass
+class EpochState:
+    """Where an epoch stands: the next step to run and the sums over the steps already run (on the device)."""
+    sums: torch.Tensor  # float64 [loss sum, correct, images]
+    next_step: int = 0
+    seconds: float = 0.0  # training time already spent in this epoch (before a resume)
+
+    @classmethod
+    def fresh(cls, device: torch.device) -> EpochState:
+        return cls(torch.zeros(3, dtype=torch.float64, device=device))
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    labels = targets.argmax(dim=1) if targets.ndim == 2 else targets  # soft targets from MixUp/CutMix
+    return (logits.argmax(dim=1) == labels).sum()
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, epoch: int, optimizer: torch.optim.Optimizer,
+                    scheduler, loss_fn: Callable, loss_scale: float, amp_dtype: torch.dtype | None,
+                    progress_every: int, on_progress: Callable[[int, torch.Tensor], None],
+                    stop_requested: Callable[[], bool]) -> bool:
+    """Run the remaining steps of an epoch, updating `state` in place. Returns False when stopped early by a signal."""
+    model.train()
+    device = state.sums.device
+    # the first non-finite step, tracked on the device: checking the loss on the host would stall the GPU every step
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    for step, (images, targets) in enumerate(batches, state.next_step):
+        with autocast(device, amp_dtype):
+            logits = model(images)
+            loss = loss_fn(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * loss_scale).backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            # Python scalars, not new tensors: no host-to-device copy per step
+            n = images.shape[0]
+            state.sums[0] += loss.detach().double() * n
+            state.sums[1] += count_correct(logits, targets)
+            state.sums[2] += n
+            bad = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, step, first_bad_step)
+        state.next_step = step + 1
+        if state.next_step % progress_every == 0:
+            _raise_if_non_finite(first_bad_step, epoch)
+            on_progress(state.next_step, state.sums)
+        if stop_requested():
+            return False
+    _raise_if_non_finite(first_bad_step, epoch)
+    return True
+
+
+def _raise_if_non_finite(first_bad_step: torch.Tensor, epoch: int) -> None:
+    bad_step = distributed.all_reduce_max(first_bad_step)
+    if bad_step >= 0:
+        raise NonFiniteLoss(epoch, bad_step + 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, *, amp_dtype: torch.dtype | None, device: torch.device) -> float:
+    """Test accuracy over every rank's shard (each test image counted once)."""
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for images, labels in batches:
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        sums[0] += count_correct(logits, labels)
+        sums[1] += labels.shape[0]
+    correct, count = distributed.all_reduce_sum(sums).tolist()
+    return correct / max(count, 1.0)

@@ -1,0 +1,77 @@
+"""Model registry: a name from the config -> a network for the dataset's channels and classes."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+
+class Residual(nn.Module):
+    """The book's residual block (d2l 8.6): two 3x3 convs, an optional 1x1 conv on the shortcut when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, use_1x1conv: bool = False, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, stride=stride)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride) if use_1x1conv else None
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        if self.conv3 is not None:
+            x = self.conv3(x)
+        return self.relu(y + x)
+
+
+def _stage(in_channels: int, out_channels: int, *, first: bool) -> nn.Sequential:
+    if first:  # the first stage keeps the resolution: the stem already matched the channel count
+        return nn.Sequential(Residual(in_channels, out_channels), Residual(out_channels, out_channels))
+    return nn.Sequential(Residual(in_channels, out_channels, use_1x1conv=True, stride=2),
+                         Residual(out_channels, out_channels))
+
+
+def _xavier_init(module: nn.Module) -> None:
+    # the book's init_weights in 14.1: Xavier-uniform for every Linear and Conv2d weight, biases left at PyTorch's default
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_uniform_(module.weight)
+
+
+def resnet18(*, in_channels: int, num_classes: int, width: int = 64) -> nn.Module:
+    """The book's ResNet-18 for small images (d2l 14.1): 3x3 stride-1 stem, no max-pool, four stages of two blocks."""
+    widths = [width, 2 * width, 4 * width, 8 * width]
+    net = nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
+        _stage(width, widths[0], first=True),
+        *(_stage(a, b, first=False) for a, b in zip(widths, widths[1:])),
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(widths[-1], num_classes),
+    )
+    net.apply(_xavier_init)
+    return net
+
+
+def small_cnn(*, in_channels: int, num_classes: int, width: int = 32) -> nn.Module:
+    """Three conv-BN-ReLU blocks and a linear head: enough to learn CIFAR to ~70 % on a CPU in minutes."""
+    def block(a: int, b: int) -> list[nn.Module]:
+        return [nn.Conv2d(a, b, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(
+        *block(in_channels, width), nn.MaxPool2d(2),
+        *block(width, 2 * width), nn.MaxPool2d(2),
+        *block(2 * width, 4 * width), nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(), nn.Linear(4 * width, num_classes),
+    )
+    net.apply(_xavier_init)
+    return net
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "small_cnn": small_cnn}
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, width: int) -> nn.Module:
+    if name not in MODELS:
+        from augrun.config import ConfigError
+        raise ConfigError("model.name", f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes, width=width)

@@ -1,0 +1,37 @@
+"""Optimizers and per-step learning-rate schedules from plain arguments."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float,
+                    nesterov: bool) -> torch.optim.Optimizer:
+    if name == "adam":  # momentum is Adam's beta1 so both optimizers share one schema
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                               weight_decay=weight_decay)
+    raise ValueError(f"optim.name: unknown optimizer {name!r}; valid: adam, sgd")
+
+
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, *, lr: float, epochs: int, steps_per_epoch: int,
+                    warmup_epochs: int = 0, pct_start: float = 0.25):
+    """A scheduler stepped once per training step, or None for the book's constant lr."""
+    total = max(epochs * steps_per_epoch, 1)
+    if name == "none":
+        return None
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start)
+    if name == "cosine":
+        warmup = min(warmup_epochs * steps_per_epoch, total - 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:  # linear warmup reaches lr at the end of the warmup steps
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    raise ValueError(f"sched.name: unknown schedule {name!r}; valid: none, cosine, onecycle")

@@ -1,0 +1,275 @@
+"""A training run: data, model and loop put together from a validated config, on every process of the run.
+
+`prepare` does everything that can fail on bad input before any process starts or any file is written; `run` launches
+the processes; `_worker` is what each process runs. Rank 0 alone prints and writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from augrun import checkpoint, distributed
+from augrun.augment import cpu as cpu_backend
+from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
+from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches
+from augrun.config import ConfigError, TrainConfig
+from augrun.data import DataSplits, load_dataset
+from augrun.engine import EpochState, evaluate, train_one_epoch
+from augrun.models import build_model
+from augrun.optim import build_optimizer, build_scheduler
+from augrun.report import MetricsFiles, RunConsole
+from augrun.seeding import derive_seed
+
+
+@dataclass
+class Prepared:
+    """Everything a process needs, checked and loaded once in the launching process."""
+    cfg: TrainConfig
+    run_dir: Path
+    placement: distributed.Placement
+    backend: str
+    train_ops: list[OpSpec]
+    batch_ops: list[OpSpec]
+    data: DataSplits | None  # None when only the inputs were checked
+    resume_state: dict[str, Any] | None
+    config_dict: dict[str, Any]
+
+
+class StopRun(Exception):
+    """A signal stopped the run after a checkpoint; carries the exit status (130 SIGINT, 143 SIGTERM)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config a checkpoint must match to be resumed (resume itself may differ)."""
+    plain = dataclasses.asdict(cfg)
+    plain.pop("resume")
+    return plain
+
+
+def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, load_data: bool = True) -> Prepared:
+    placement = distributed.resolve_devices(cfg.trainer.devices, nprocs=cfg.trainer.nprocs,
+                                            strategy=cfg.trainer.strategy, visible_gpus=visible_gpus)
+    train_ops = parse_train_pipeline(cfg.aug.train)
+    batch_ops = parse_batch_pipeline(cfg.aug.batch)
+    backend, warning = resolve_backend(cfg.aug.backend, train_ops, device_kind=placement.kind)
+    if warning:
+        warn(warning)
+    config_dict = comparable_config(cfg)
+    resume_state = None
+    # under torchrun only rank 0 reads the checkpoint (the others have a throwaway run directory); it is broadcast
+    if cfg.resume and os.environ.get("RANK", "0") == "0":
+        resume_state = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+        diffs = checkpoint.config_differences(resume_state["config"], config_dict)
+        if diffs:
+            raise ConfigError("resume", "the config differs from the checkpoint's: " + "; ".join(diffs)
+                              + "; valid: the same overrides as the run being resumed")
+    if not load_data:
+        return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, None, resume_state, config_dict)
+    d = cfg.dataset
+    data = load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
+                        num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size)
+    return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, data, resume_state, config_dict)
+
+
+def run(prepared: Prepared) -> None:
+    distributed.launch(_worker, prepared.placement, prepared)
+
+
+# --- inside each process -------------------------------------------------------------------------------------------
+
+class SignalFlag:
+    """Remembers SIGINT/SIGTERM so the loop can finish its step, checkpoint and leave with the conventional status."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    @property
+    def status(self) -> int:
+        return 128 + (self.signum or 0)
+
+
+def _batch_sources(p: Prepared, *, rank: int, world: int, device: torch.device, compiling: bool):
+    cfg, data = p.cfg, p.data
+    mean, std = (cfg.dataset.mean, cfg.dataset.std) if cfg.dataset.normalize else (None, None)
+    channels_last = cfg.trainer.channels_last and device.type == "cuda"
+    batch_ops = [_gpu_batch_op(s, data.num_classes) for s in p.batch_ops]
+    finish_train = BatchFinisher(device=device, mean=mean, std=std, batch_ops=batch_ops, channels_last=channels_last,
+                                 seed=cfg.seed, rank=rank)
+    finish_test = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last)
+    # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
+    shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if p.backend == "gpu":
+        from augrun.augment.gpu import GPU_OPS, GpuPipeline
+        pipeline = GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in p.train_ops]) if p.train_ops else None
+        train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, **shared)
+        test = DeviceBatches(data.test, None, finish_test, shuffle=False, **shared)
+    else:
+        workers = cfg.trainer.workers
+        train = WorkerBatches(data.train, cpu_backend.build_train_transform(p.train_ops, mean=mean, std=std),
+                              finish_train, workers=workers, shuffle=True, drop_last=compiling, **shared)
+        test = WorkerBatches(data.test, cpu_backend.build_test_transform(mean=mean, std=std), finish_test,
+                             workers=workers, shuffle=False, **shared)
+    return train, test
+
+
+def _gpu_batch_op(spec: OpSpec, num_classes: int):
+    from augrun.augment.gpu import BATCH_OPS
+    kwargs = {"num_classes": num_classes, **spec.kwargs}
+    return BATCH_OPS[spec.name](**kwargs)
+
+
+def _wrap_model(model: nn.Module, p: Prepared, device: torch.device, world: int) -> nn.Module:
+    if p.cfg.trainer.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif p.placement.strategy == "dp":
+        model = nn.DataParallel(model, device_ids=list(p.placement.gpu_indices))
+    if p.cfg.trainer.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
+    cfg, t = p.cfg, p.cfg.trainer
+    is_main = rank == 0
+    flag = SignalFlag()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model.name, in_channels=p.data.channels, num_classes=p.data.num_classes,
+                        width=cfg.model.width).to(device)
+    wrapped = _wrap_model(model, p, device, world)
+    train_batches, test_batches = _batch_sources(p, rank=rank, world=world, device=device, compiling=t.compile)
+    steps = train_batches.steps(1)
+    optimizer = build_optimizer(cfg.optim.name, model.parameters(), lr=cfg.optim.lr,
+                                weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov)
+    scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs, steps_per_epoch=steps,
+                                warmup_epochs=cfg.sched.warmup_epochs, pct_start=cfg.sched.pct_start)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction=t.loss_reduction)
+    # with reduction=sum (the book's l.sum().backward()), DDP's gradient average over ranks must be undone
+    loss_scale = float(world) if t.loss_reduction == "sum" else 1.0
+    amp_dtype = _amp_dtype(t.precision, device)
+    files = MetricsFiles(p.run_dir) if is_main else None
+    console = RunConsole() if is_main else None
+
+    start_epoch, state, records, total_seconds = 1, EpochState.fresh(device), [], 0.0
+    if cfg.resume:
+        s = distributed.broadcast_object(p.resume_state)
+        model.load_state_dict(s["model"])
+        optimizer.load_state_dict(s["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(s["scheduler"])
+        checkpoint.restore_rng_states(s["rng"])
+        start_epoch, records, total_seconds = s["epoch"], s["records"], s["total_seconds"]
+        state = EpochState(s["sums"].to(device) if is_main else torch.zeros_like(s["sums"], device=device),
+                           s["next_step"], s["seconds"])
+        if is_main:
+            files.rewrite(records)  # epochs logged after this checkpoint (a kill before the next one) are redone
+            console.note(f"resuming {p.run_dir} at epoch {start_epoch}, step {state.next_step}")
+
+    def save(epoch: int, state: EpochState) -> None:
+        sums = distributed.all_reduce_sum(state.sums)  # collective: every rank calls save
+        if is_main:
+            checkpoint.save_atomic({
+                "epoch": epoch, "next_step": state.next_step, "sums": sums.cpu(), "seconds": state.seconds,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "records": records, "total_seconds": total_seconds, "config": p.config_dict,
+                "rng": checkpoint.rng_states()}, p.run_dir / checkpoint.CHECKPOINT)
+
+    progress_every = max(1, steps // t.progress_updates)
+    checks = 0
+
+    def stop_requested() -> bool:
+        nonlocal checks
+        if world == 1:
+            return flag.signum is not None
+        checks += 1  # ranks agree every progress_every steps: an all-reduce per step would cost a sync per step
+        return checks % progress_every == 0 and distributed.any_rank(flag.signum is not None, device)
+
+    for epoch in range(start_epoch, t.epochs + 1):
+        if is_main:
+            console.start_epoch(epoch, t.epochs, steps, state.next_step)
+        began = time.perf_counter()
+
+        def on_progress(step: int, sums: torch.Tensor) -> None:
+            if is_main:
+                loss, correct, count = sums.tolist()
+                elapsed = state.seconds + time.perf_counter() - began
+                console.update(step, loss / max(count, 1), correct / max(count, 1), count * world / max(elapsed, 1e-9))
+
+        finished = train_one_epoch(wrapped, train_batches.epoch(epoch, state.next_step), state, epoch=epoch,
+                                   optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, loss_scale=loss_scale,
+                                   amp_dtype=amp_dtype, progress_every=progress_every, on_progress=on_progress,
+                                   stop_requested=stop_requested)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per epoch, so the epoch's time covers its GPU work
+        state.seconds += time.perf_counter() - began
+        if not finished:
+            total_seconds += time.perf_counter() - began
+            save(epoch, state)
+            if is_main:
+                console.note(f"stopped by signal {flag.signum} at epoch {epoch}, step {state.next_step}; checkpoint "
+                             f"saved. Resume with the same overrides plus: hydra.run.dir={p.run_dir} resume=true")
+            raise StopRun(flag.status)
+        loss, correct, count = distributed.all_reduce_sum(state.sums).tolist()
+        test_acc = evaluate(wrapped, test_batches.epoch(epoch), amp_dtype=amp_dtype, device=device)
+        total_seconds += time.perf_counter() - began
+        record = {"epoch": epoch, "train_loss": loss / count, "train_acc": correct / count, "test_acc": test_acc,
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": state.seconds,
+                  "examples_per_s": count / state.seconds}
+        records.append(record)
+        state = EpochState.fresh(device)
+        save(epoch + 1, state)
+        if is_main:
+            files.append(record, records[:-1])
+            console.epoch_row(record)
+            _draw_curves(records, p.run_dir)
+
+    if is_main:
+        examples = sum(r["examples_per_s"] * r["seconds"] for r in records)
+        examples_per_s = examples / max(sum(r["seconds"] for r in records), 1e-9)
+        devices = p.placement.device_names()
+        console.final_lines(records[-1], examples_per_s, devices)
+        files.write_summary(summary("completed", records, cfg.trainer.epochs, examples_per_s, devices, total_seconds))
+
+
+def _draw_curves(records: list[dict[str, Any]], run_dir: Path) -> None:
+    from augrun.curves import plot_curves
+    plot_curves(records, run_dir / "curves.png")
+
+
+def summary(status: str, records: list[dict[str, Any]], epochs: int, examples_per_s: float | None,
+            devices: list[str], total_seconds: float, error: str | None = None) -> dict[str, Any]:
+    last = records[-1] if records else {}
+    return {
+        "status": status, "epochs": epochs, "epochs_completed": len(records),
+        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_acc")} if last else None,
+        "best_test_acc": max((r["test_acc"] for r in records), default=None),
+        "examples_per_s": examples_per_s, "devices": devices, "total_seconds": total_seconds, "error": error,
+    }
