@@ -54,7 +54,8 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
     try:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(plain)))
     except Exception as error:  # an interpolation that cannot resolve, a value that does not fit its type
-        raise ConfigError(_omegaconf_key(error), _first_line(error)) from None
+        key = getattr(error, "full_key", "") or ""
+        raise ConfigError(key, _explain_omegaconf(error) if key else _first_line(error)) from None
     check_ranges(typed)
     return typed
 
@@ -64,16 +65,11 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _omegaconf_key(error: BaseException) -> str:
-    return getattr(error, "full_key", "") or ""
-
-
 def describe_composition_error(error: BaseException) -> str:
     """Hydra's composition errors span several lines; say the same in one, naming the key and what is valid."""
     from hydra.errors import MissingConfigException
-    if isinstance(error, MissingConfigException) and error.options is not None:
-        group = error.config_name.rsplit("/", 1)[0] if error.config_name else "config"
-        choice = error.config_name.rsplit("/", 1)[-1] if error.config_name else "?"
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, choice = error.missing_cfg_file.rpartition("/")
         return f"{group}={choice}: unknown option; valid: {', '.join(sorted(error.options))}"
     cause = error.__cause__ or error.__context__
     while cause is not None and not hasattr(cause, "full_key") and (cause.__cause__ or cause.__context__):
@@ -84,13 +80,24 @@ def describe_composition_error(error: BaseException) -> str:
 
 
 def _explain_omegaconf(error: BaseException) -> str:
-    message = _first_line(error)
-    if type(error).__name__ == "ConfigKeyError" and getattr(error, "object_type", None) is not None:
-        import dataclasses
-        fields = [f.name for f in dataclasses.fields(error.object_type)] if dataclasses.is_dataclass(error.object_type) else []
-        if fields:
-            return f"unknown key; valid keys here: {', '.join(fields)}"
-    return message
+    parent, _, name = error.full_key.rpartition(".")
+    valid = _schema_fields(parent)
+    if valid and name not in valid:
+        return f"unknown key; valid keys here: {', '.join(valid)}"
+    return _first_line(error)
+
+
+def _schema_fields(dotted: str) -> list[str]:
+    """Field names of the schema section at a dotted key ('' = top level), or [] where the schema is free-form."""
+    import dataclasses
+    import typing
+    cls = TrainConfig
+    for part in filter(None, dotted.split(".")):
+        hints = typing.get_type_hints(cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            return []
+        cls = hints[part]
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 # --- checking every job of a command before Hydra runs it ----------------------------------------------------------

@@ -100,14 +100,17 @@ def _convert_enums(kwargs: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
+def _argument_names(op: str) -> list[str]:
+    return [n for n in inspect.signature(getattr(T, op)).parameters if n not in ("self", "args", "kwargs")]
+
+
 def build_torchvision_op(spec: OpSpec) -> T.Transform:
     """The torchvision op for a spec; torchvision's own argument checks become ConfigErrors naming the key."""
-    cls = getattr(T, spec.name)
     try:
-        return cls(**_convert_enums(spec.kwargs))
+        return getattr(T, spec.name)(**_convert_enums(spec.kwargs))
     except (TypeError, ValueError) as error:
-        valid = [name for name in inspect.signature(cls).parameters if name not in ("self", "args", "kwargs")]
-        raise ConfigError(spec.key, f"{str(error).splitlines()[0]} (arguments of {spec.name}: {', '.join(valid)})") from None
+        raise ConfigError(spec.key, f"{str(error).splitlines()[0]} (arguments of {spec.name}: "
+                          f"{', '.join(_argument_names(spec.name))})") from None
 
 
 def parse_pipeline(ops: Mapping[str, Any] | None, *, prefix: str, allowed: tuple[str, ...]) -> list[OpSpec]:
@@ -118,7 +121,10 @@ def parse_pipeline(ops: Mapping[str, Any] | None, *, prefix: str, allowed: tuple
         if name not in allowed:
             raise ConfigError(key, f"unknown augmentation op {name!r}; valid: {', '.join(sorted(allowed))}")
         kwargs = dict(kwargs or {})
+        accepted = _argument_names(name)
         for arg, value in kwargs.items():
+            if arg not in accepted:
+                raise ConfigError(f"{key}.{arg}", f"unknown argument of {name}; valid: {', '.join(accepted)}")
             _check_argument(name, arg, f"{key}.{arg}", value)
         spec = OpSpec(name, kwargs, key)
         build_torchvision_op(spec)  # torchvision rejects what our checks do not know about (unknown arguments, types)

@@ -1,0 +1,89 @@
+"""The per-run training plot (the d2l book's Animator picture) and atomic figure saving.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never through pyplot: pyplot keeps
+every figure in a global registry (a leak when redrawn every epoch) and picks a GUI backend from the environment, which
+fails on headless machines. A bare ``Figure`` needs no display and is freed when it goes out of scope.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+# The book's legend and line formats: Animator(legend=['train loss', 'train acc', 'test acc'],
+# fmts=('-', 'm--', 'g-.')).
+CURVES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("test_acc", "test acc", "g-."))
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path`` and rename it over ``path`` on success: a viewer re-reading the file mid-write
+    sees the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is a rename on one filesystem (atomic), not a copy. open(..., "x") rather than
+    # mkstemp: mkstemp makes the file 0600, and the report must keep the user's umask like any other output.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    # PNG: drop the "Software: matplotlib x.y" text chunk, so an unchanged plot keeps its bytes after an upgrade.
+    metadata = {"Software": None} if fmt == "png" else None
+    with atomic_open(path) as f:
+        fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata)
+
+
+def integer_epochs(ax: Axes) -> None:
+    """Epoch ticks at whole numbers (a 2-epoch run would otherwise get ticks 1.0, 1.2, ...)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def plot_curves(records: list[dict], path: Path, title: str = "", epochs: int | None = None) -> None:
+    """Draw train loss, train acc and test acc against epoch on one axes, as the book's ``train_ch13`` does.
+
+    ``records`` are metrics.jsonl rows (keys epoch, train_loss, train_acc, test_acc; a missing or null value is
+    skipped). ``epochs``, the planned epoch count, fixes the x range like the book's ``xlim=[1, num_epochs]`` so the
+    axes do not rescale every time the plot is redrawn; without it the range ends at the last recorded epoch.
+    """
+    fig = Figure(figsize=(3.5, 2.5))  # the book's Animator figsize
+    ax = fig.add_subplot()
+    top = 1.0
+    for key, label, fmt in CURVES:
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and r.get("epoch") is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        # A single point draws no line; a marker keeps the first epoch visible.
+        ax.plot(xs, ys, fmt, label=label, marker="o" if len(xs) == 1 else None)
+        top = max(top, *ys)
+    last = max((r["epoch"] for r in records if r.get("epoch") is not None), default=1)
+    ax.set_xlim(1, max(epochs or last, 2))
+    # The book fixes ylim=[0, 1]; the first epochs' loss (~2.3 on 10 classes) would be cut off, so the top grows.
+    ax.set_ylim(0, top * 1.05 if top > 1 else 1)
+    integer_epochs(ax)
+    ax.grid(True)
+    if ax.lines:
+        ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title, fontsize="small")
+    # Fixed margins instead of tight_layout, which measures every label and would be half the cost of each redraw.
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.19, top=0.9 if title else 0.96)
+    save_figure(fig, path)
