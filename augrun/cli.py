@@ -146,9 +146,9 @@ def check_output_dir(run_dir: Path, *, resume: bool, is_sweep_job: bool) -> None
     existing = run_dir
     while not existing.exists():
         existing = existing.parent
-    if not os.access(existing, os.W_OK):
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
         key = "hydra.sweep.dir" if is_sweep_job else "hydra.run.dir"
-        raise UserError(f"{key}: cannot write under {existing} (permission denied); valid: a writable directory")
+        raise UserError(f"{key}: cannot write under {existing} (not a writable directory); valid: a path in a writable directory")
     if not resume and any((run_dir / name).exists() for name in ("checkpoint.pt", "metrics.jsonl", "summary.json")):
         raise UserError(f"hydra.run.dir: {run_dir} already holds a run; valid: resume=true to continue it, or a new "
                         "hydra.run.dir (the default is a new timestamped directory)")
@@ -161,18 +161,23 @@ def precheck_train(argv: list[str]) -> None:
     multirun = bool(flags & {"-m", "--multirun"})
     if not multirun and os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 checks; the others only join
-    from augrun import trainer
-    from augrun.data import DataError
-    from augrun.checkpoint import CheckpointError
-    import torch
+    jobs = []
     for number, job in enumerate(expand_jobs(overrides, multirun)):
         cfg = compose_job(job)
         typed = to_train_config(cfg)
         # the job's directory as Hydra will name it (the default sweep subdir is the job number)
         run_dir = Path(cfg.hydra.sweep.dir) / str(number) if multirun else Path(cfg.hydra.run.dir)
         check_output_dir(run_dir, resume=typed.resume, is_sweep_job=multirun)
+        jobs.append((typed, run_dir))
+    # the checks above need no torch; importing it takes seconds, so a typo is reported before that.
+    import torch
+    from augrun import trainer
+    from augrun.checkpoint import CheckpointError
+    from augrun.data import DataError
+    for typed, run_dir in jobs:
         try:
-            trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=lambda m: None, load_data=False)
+            # loads (downloads) the data too: load_dataset is memoised, so the run itself reuses this copy
+            trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=lambda m: None)
         except (ConfigError, DataError, CheckpointError) as error:
             raise UserError(str(error)) from None
 

@@ -164,9 +164,14 @@ def _read_yaml(path: Path) -> Any:
         raise CompareError(f"unreadable {path}: {_one_line(e)}") from None
 
 
+# overrides that say how a run was executed, not what was trained: they never split a group
+RUN_ONLY_KEYS = ("resume", "trainer.progress_updates")
+
+
 def _read_overrides(path: Path) -> dict[str, str]:
     items = _read_yaml(path)
-    return dict(_split_override(item) for item in items) if isinstance(items, list) else {}
+    pairs = (_split_override(item) for item in items) if isinstance(items, list) else ()
+    return {key: value for key, value in pairs if key.lstrip("+") not in RUN_ONLY_KEYS}
 
 
 def _pop_seed(overrides: dict[str, str], config_path: Path) -> int | str | None:

@@ -5,6 +5,7 @@ done once: CIFAR's pickles are small, image folders are cached as a .pt file bes
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -55,6 +56,7 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
 SUBSET_SEED = 0  # subsets are the same for every run seed, so seeds vary the training, not the data
 
 
+@functools.lru_cache(maxsize=2)  # the launcher checks the data before Hydra starts, then trains on the same copy
 def load_dataset(name: str, root: str, *, download: bool = True, image_size: int = 32, channels: int = 3,
                  num_classes: int = 10, train_size: int | None = None, test_size: int | None = None) -> DataSplits:
     if name == "synthetic":

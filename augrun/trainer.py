@@ -38,7 +38,7 @@ class Prepared:
     backend: str
     train_ops: list[OpSpec]
     batch_ops: list[OpSpec]
-    data: DataSplits | None  # None when only the inputs were checked
+    data: DataSplits
     resume_state: dict[str, Any] | None
     config_dict: dict[str, Any]
 
@@ -58,7 +58,7 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
     return plain
 
 
-def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, load_data: bool = True) -> Prepared:
+def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn) -> Prepared:
     placement = distributed.resolve_devices(cfg.trainer.devices, nprocs=cfg.trainer.nprocs,
                                             strategy=cfg.trainer.strategy, visible_gpus=visible_gpus)
     train_ops = parse_train_pipeline(cfg.aug.train)
@@ -75,8 +75,6 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, load_da
         if diffs:
             raise ConfigError("resume", "the config differs from the checkpoint's: " + "; ".join(diffs)
                               + "; valid: the same overrides as the run being resumed")
-    if not load_data:
-        return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, None, resume_state, config_dict)
     d = cfg.dataset
     data = load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
                         num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size)
@@ -249,7 +247,7 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
         if is_main:
             files.append(record, records[:-1])
             console.epoch_row(record)
-            _draw_curves(records, p.run_dir)
+            _draw_curves(records, p.run_dir, t.epochs)
 
     if is_main:
         examples = sum(r["examples_per_s"] * r["seconds"] for r in records)
@@ -259,9 +257,9 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
         files.write_summary(summary("completed", records, cfg.trainer.epochs, examples_per_s, devices, total_seconds))
 
 
-def _draw_curves(records: list[dict[str, Any]], run_dir: Path) -> None:
+def _draw_curves(records: list[dict[str, Any]], run_dir: Path, epochs: int) -> None:
     from augrun.curves import plot_curves
-    plot_curves(records, run_dir / "curves.png")
+    plot_curves(records, run_dir / "curves.png", epochs=epochs)
 
 
 def summary(status: str, records: list[dict[str, Any]], epochs: int, examples_per_s: float | None,

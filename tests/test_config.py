@@ -1,0 +1,84 @@
+"""Every config option composes through Hydra and builds exactly the book's pipeline."""
+from __future__ import annotations
+
+import pytest
+import torchvision.transforms.v2 as T
+
+from augrun.augment.cpu import build_test_transform, build_train_transform
+from augrun.augment.ops import parse_train_pipeline
+from augrun.cli import to_train_config
+from conftest import compose_train
+
+AUG_OPTIONS = ["none", "flip_only", "vflip", "crop", "brightness", "hue", "color_jitter", "flip_color_crop"]
+# d2l 14.1's transforms for a 32x32 dataset: (class, attributes as torchvision stores them)
+FLIP = (T.RandomHorizontalFlip, {"p": 0.5})
+CROP = (T.RandomResizedCrop, {"size": [32, 32], "scale": (0.1, 1.0), "ratio": (0.5, 2.0)})
+COLOR = (T.ColorJitter, {"brightness": (0.5, 1.5), "contrast": (0.5, 1.5), "saturation": (0.5, 1.5), "hue": (-0.5, 0.5)})
+BOOK = {
+    "none": [],
+    "flip_only": [FLIP],
+    "vflip": [(T.RandomVerticalFlip, {"p": 0.5})],
+    "crop": [CROP],
+    "brightness": [(T.ColorJitter, {"brightness": (0.5, 1.5), "contrast": None, "saturation": None, "hue": None})],
+    "hue": [(T.ColorJitter, {"brightness": None, "contrast": None, "saturation": None, "hue": (-0.5, 0.5)})],
+    "color_jitter": [COLOR],
+    "flip_color_crop": [FLIP, COLOR, CROP],
+}
+
+
+def train_transforms(*overrides: str) -> list:
+    cfg = to_train_config(compose_train(*overrides))
+    return list(build_train_transform(parse_train_pipeline(cfg.aug.train)).transforms)
+
+
+@pytest.mark.parametrize("option", AUG_OPTIONS)
+def test_aug_option_builds_the_books_pipeline(option):
+    transforms = train_transforms(f"aug={option}")
+    random_ops, to_tensor = transforms[:-2], transforms[-2:]
+    assert [type(t) for t in to_tensor] == [T.ToImage, T.ToDtype]  # ToTensor, last, as in the book
+    assert len(random_ops) == len(BOOK[option])
+    for op, (cls, attributes) in zip(random_ops, BOOK[option]):
+        assert type(op) is cls
+        for name, expected in attributes.items():
+            value = getattr(op, name)
+            assert (list(value) if isinstance(value, (list, tuple)) else value) == \
+                (list(expected) if isinstance(expected, (list, tuple)) else expected), (option, name)
+
+
+def test_default_aug_is_flip_only_and_backend_auto():
+    cfg = to_train_config(compose_train())
+    assert list(cfg.aug.train) == ["RandomHorizontalFlip"] and cfg.aug.backend == "auto"
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.optim.name, cfg.optim.lr) == (10, 256, "adam", 1e-3)
+
+
+def test_crop_size_follows_the_dataset():
+    (crop, *_), = [train_transforms("aug=crop", "dataset=fashion_mnist")[:1]]
+    assert list(crop.size) == [28, 28]
+
+
+def test_pipeline_overrides_add_and_remove_ops_from_the_command_line():
+    ops = parse_train_pipeline(to_train_config(compose_train(
+        "aug=flip_color_crop", "aug.train.ColorJitter.hue=0.1", "+aug.train.RandomVerticalFlip.p=0.25",
+        "~aug.train.RandomHorizontalFlip")).aug.train)
+    assert [o.name for o in ops] == ["ColorJitter", "RandomResizedCrop", "RandomVerticalFlip"]
+    assert ops[0].kwargs["hue"] == 0.1 and ops[2].kwargs == {"p": 0.25}
+
+
+def test_test_transform_is_never_random():
+    transforms = build_test_transform().transforms
+    assert [type(t) for t in transforms] == [T.ToImage, T.ToDtype]
+    normalised = build_test_transform(mean=[0.5] * 3, std=[0.25] * 3).transforms
+    assert type(normalised[-1]) is T.Normalize
+
+
+@pytest.mark.parametrize("experiment", ["d2l_seed", "smoke"])
+def test_experiments_compose(experiment):
+    cfg = to_train_config(compose_train(f"experiment={experiment}"))
+    if experiment == "d2l_seed":  # the book's exact recipe
+        t = cfg.trainer
+        assert list(cfg.aug.train) == ["RandomHorizontalFlip"] and cfg.aug.backend == "cpu"
+        assert (cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.sched.name) == ("resnet18", "adam", 1e-3, "none")
+        assert (t.epochs, t.batch_size, t.workers, t.precision, t.loss_reduction) == (10, 256, 4, "fp32", "sum")
+        assert cfg.dataset.name == "cifar10" and not cfg.dataset.normalize
+    else:
+        assert cfg.dataset.name == "synthetic" and cfg.model.name == "small_cnn" and cfg.trainer.epochs == 1

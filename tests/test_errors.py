@@ -1,0 +1,120 @@
+"""Bad input: exit status 2, one line naming the key and what would be valid, no traceback, nothing written."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SMOKE, run_augrun, snapshot
+
+# (overrides, text the one-line message must contain)
+CONFIG_ERRORS = {
+    "unknown key": (["trainer.batchsize=3"], "trainer.batchsize: unknown key; valid keys here: epochs, batch_size"),
+    "unknown top-level key": (["+foo=1"], "foo: unknown key"),
+    "wrong type": (["trainer.batch_size=abc"], "trainer.batch_size"),
+    "unknown group option": (["aug=bogus"], "aug=bogus: unknown option; valid: brightness, color_jitter"),
+    "unknown aug op": (["+aug.train.RandomFoo.p=1"], "aug.train.RandomFoo: unknown augmentation op"),
+    "unknown aug argument": (["+aug.train.RandomHorizontalFlip.q=1"], "aug.train.RandomHorizontalFlip.q: unknown argument"),
+    "probability above 1": (["aug.train.RandomHorizontalFlip.p=1.5"], "aug.train.RandomHorizontalFlip.p: got 1.5"),
+    "negative jitter": (["aug=brightness", "aug.train.ColorJitter.brightness=-1"], "aug.train.ColorJitter.brightness: got -1"),
+    "scale min > max": (["aug=crop", "aug.train.RandomResizedCrop.scale=[1,0.1]"], "aug.train.RandomResizedCrop.scale"),
+    "ratio with zero": (["aug=crop", "aug.train.RandomResizedCrop.ratio=[0,1]"], "aug.train.RandomResizedCrop.ratio"),
+    "crop size zero": (["aug=crop", "aug.train.RandomResizedCrop.size=0"], "aug.train.RandomResizedCrop.size: got 0"),
+    "batch size zero": (["trainer.batch_size=0"], "trainer.batch_size: got 0; must be >= 1"),
+    "epochs zero": (["trainer.epochs=0"], "trainer.epochs: got 0; must be >= 1"),
+    "negative lr": (["optim.lr=-0.1"], "optim.lr: got -0.1"),
+    "missing device index": (["trainer.devices=[7]"], "trainer.devices: GPU index [7] does not exist"),
+    "bad backend": (["aug.backend=tpu"], "aug.backend: got 'tpu'; valid: auto, cpu, gpu"),
+    "sweep without -m": (["seed=0,1"], "seed=0,1: a sweep needs -m"),
+    "missing dataset, no network": (["dataset=cifar10", "dataset.root=nowhere", "dataset.download=false"],
+                                    "dataset.root: nowhere/cifar-10-batches-py not found"),
+    "resume without checkpoint": (["resume=true", "hydra.run.dir=empty_run"], "resume: no checkpoint.pt in empty_run"),
+}
+if not torch.cuda.is_available():
+    CONFIG_ERRORS["cuda on a machine without one"] = (["trainer.devices=cuda"], "trainer.devices: cuda requested")
+
+
+def assert_user_error(result, expected: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("augrun: error: "), output
+    assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("case", list(CONFIG_ERRORS))
+def test_config_error_exits_2_with_one_line(case, workdir: Path):
+    overrides, expected = CONFIG_ERRORS[case]
+    (workdir / "empty_run").mkdir()
+    before = snapshot(workdir)
+    result = run_augrun("train", *SMOKE, *overrides, cwd=workdir)
+    assert_user_error(result, expected)
+    assert snapshot(workdir) == before
+    assert not (workdir / "outputs").exists()  # stopped before Hydra made a run directory
+
+
+def make_image_folder(root: Path, *, classes=("cat", "dog"), per_class: int = 2) -> None:
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(root / split / c / f"{i}.png")
+
+
+def jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((32, 32), 50).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+BAD_FOLDERS = {
+    "empty class folder": (lambda r: (r / "train" / "bird").mkdir() or (r / "test" / "bird").mkdir(), "is empty"),
+    "non-image file": (lambda r: (r / "train" / "cat" / "notes.txt").write_text("not an image"), "notes.txt"),
+    "truncated jpeg": (lambda r: (r / "train" / "dog" / "cut.jpg").write_bytes(jpeg_bytes()[:300]), "cut.jpg"),
+    "classes differ": (lambda r: (r / "test" / "dog").rename(r / "test" / "wolf"), "classes differ"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FOLDERS))
+def test_bad_image_folder_exits_2_naming_the_path(case, workdir: Path):
+    break_it, expected = BAD_FOLDERS[case]
+    root = workdir / "images"
+    make_image_folder(root)
+    break_it(root)
+    result = run_augrun("train", *SMOKE, "dataset=imagefolder", f"dataset.root={root}", cwd=workdir)
+    assert_user_error(result, expected)
+
+
+def test_output_dir_that_cannot_be_created(workdir: Path):
+    (workdir / "a_file").write_text("")
+    result = run_augrun("train", *SMOKE, "hydra.run.dir=a_file/run", cwd=workdir)
+    assert_user_error(result, "hydra.run.dir: cannot write under a_file")
+
+
+def test_a_finished_run_is_never_overwritten(workdir: Path):
+    run = workdir / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    before = snapshot(workdir)
+    result = run_augrun("train", *SMOKE, "hydra.run.dir=run", cwd=workdir)
+    assert_user_error(result, "hydra.run.dir: run already holds a run; valid: resume=true")
+    assert snapshot(workdir) == before
+
+
+def test_corrupt_checkpoint(workdir: Path):
+    run = workdir / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    before = snapshot(workdir)
+    result = run_augrun("train", *SMOKE, "hydra.run.dir=run", "resume=true", cwd=workdir)
+    assert_user_error(result, "resume: run/checkpoint.pt is corrupt or unreadable")
+    assert snapshot(workdir) == before
+
+
+def test_unknown_command(workdir: Path):
+    result = run_augrun("trian", cwd=workdir)
+    assert_user_error(result, "unknown command 'trian'; valid: train, preview, compare")
