@@ -1,0 +1,68 @@
+"""`augrun train` end to end on the CPU: files, contents, console lines, determinism."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from augrun.cli import main
+from conftest import METRIC_KEYS, SMOKE, read_metrics, run_augrun, without_timing
+
+TRAIN_SIZE = 320  # experiment=smoke
+
+
+def train_in_process(run_dir: Path, *overrides: str) -> list[dict]:
+    """The real CLI and Hydra, in this process: saves the seconds a fresh interpreter spends importing torch."""
+    main(["train", *SMOKE, f"hydra.run.dir={run_dir}", *overrides])
+    return read_metrics(run_dir)
+
+
+def test_smoke_run_writes_every_output(workdir: Path):
+    result = run_augrun("train", *SMOKE, "trainer.epochs=2", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (workdir / "outputs").glob("*/*")  # outputs/<date>/<time>
+
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r) == METRIC_KEYS
+        assert r["train_loss"] > 0 and 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["lr"] == 1e-3
+        assert r["examples_per_s"] * r["seconds"] == pytest.approx(TRAIN_SIZE)  # every image once per epoch
+
+    with open(run_dir / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [{k: float(v) for k, v in row.items()} for row in rows] == [{k: float(v) for k, v in r.items()} for r in records]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["devices"] == ["cpu"] and summary["epochs"] == 2
+    assert summary["final"] == {k: records[-1][k] for k in ("train_loss", "train_acc", "test_acc")}
+    assert summary["best_test_acc"] == max(r["test_acc"] for r in records) and summary["total_seconds"] > 0
+
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and "experiment=smoke" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert Image.open(run_dir / "curves.png").size[0] > 200
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 3 and checkpoint["next_step"] == 0 and len(checkpoint["records"]) == 2
+
+    last = records[-1]  # the book's closing lines, from the logged numbers
+    assert f"loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, test acc {last['test_acc']:.3f}" in result.stdout
+    assert "examples/sec on ['cpu']" in result.stdout
+    assert "train_loss" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_same_seed_same_metrics_different_seed_different(workdir: Path):
+    first = train_in_process(workdir / "a", "seed=3")
+    again = train_in_process(workdir / "b", "seed=3", "trainer.workers=0")  # worker count must not matter
+    other = train_in_process(workdir / "c", "seed=4")
+    assert without_timing(first) == without_timing(again)
+    assert without_timing(first) != without_timing(other)
+
+
+def test_learns_the_synthetic_task(workdir: Path):
+    records = train_in_process(workdir / "run", "trainer.epochs=4", "aug=none", "trainer.workers=0",
+                               "dataset.train_size=640", "optim.lr=0.01")
+    # 10 balanced classes: chance is 0.1
+    assert records[-1]["test_acc"] > 0.5 and records[-1]["train_loss"] < records[0]["train_loss"]
