@@ -93,18 +93,20 @@ def subset(data: ImageData, size: int | None) -> ImageData:
 
 def make_synthetic(*, image_size: int, channels: int, num_classes: int, train_size: int, test_size: int) -> DataSplits:
     """Each class is a smooth random pattern; images are noisy copies of it, so a small model learns it in one epoch."""
-    generator = torch.Generator().manual_seed(derive_seed("synthetic", image_size, channels, num_classes))
-    coarse = torch.rand(num_classes, channels, 4, 4, generator=generator)
+    key = ("synthetic", image_size, channels, num_classes)
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=torch.Generator().manual_seed(derive_seed(*key)))
     patterns = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
 
-    def draw(count: int) -> ImageData:
+    def draw(count: int, split: str) -> ImageData:
+        # each split its own stream: the test set must not change when train_size does
+        generator = torch.Generator().manual_seed(derive_seed(*key, split))
         labels = torch.arange(count) % num_classes
         labels = labels[torch.randperm(count, generator=generator)]
         noise = torch.randn(count, channels, image_size, image_size, generator=generator) * 0.25
         images = ((patterns[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
         return ImageData(images, labels, [f"class_{i}" for i in range(num_classes)])
 
-    return DataSplits(draw(train_size), draw(test_size))
+    return DataSplits(draw(train_size, "train"), draw(test_size, "test"))
 
 
 # --- CIFAR ------------------------------------------------------------------------------------------------------
@@ -129,6 +131,10 @@ def load_cifar(root: Path, name: str, *, download: bool) -> DataSplits:
 
     def read(files: list[str]) -> ImageData:
         batches = [_unpickle(folder / f) for f in files]
+        for f, batch in zip(files, batches):
+            if not isinstance(batch, dict) or "data" not in batch or spec["label_key"] not in batch:
+                raise DataError(f"dataset.root: {folder / f} is not a CIFAR batch (no 'data' and "
+                                f"'{spec['label_key']}'); delete {folder} to download again")
         pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[spec["label_key"]], dtype=np.int64) for b in batches])
         # the pickles store each image as 1024 red, then green, then blue values, row by row
@@ -142,8 +148,9 @@ def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             return pickle.load(file, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as error:
-        raise DataError(f"dataset.root: cannot read {path}: {error}; delete it to download again") from None
+    except Exception as error:  # a damaged pickle can raise almost any type
+        raise DataError(f"dataset.root: cannot read {path} ({type(error).__name__}: {error}); delete it to download "
+                        "again") from None
 
 
 def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -> None:
