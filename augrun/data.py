@@ -149,8 +149,8 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as file:
             return pickle.load(file, encoding="latin1")
     except Exception as error:  # a damaged pickle can raise almost any type
-        raise DataError(f"dataset.root: cannot read {path} ({type(error).__name__}: {error}); delete it to download "
-                        "again") from None
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise DataError(f"dataset.root: cannot read {path} ({reason}); delete it to download again") from None
 
 
 def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -> None:
