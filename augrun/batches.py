@@ -6,6 +6,7 @@ evenly over the ranks, so every image is used once per epoch whatever the proces
 """
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -15,6 +16,9 @@ from augrun.data import ImageData
 from augrun.seeding import derive_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# Workers are forked where the OS can: a rank started by spawn would otherwise spawn its workers too, and each
+# spawned worker spends seconds importing torch again, every epoch.
+WORKER_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
@@ -105,7 +109,8 @@ class WorkerBatches:
         plan = epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args)[start_step:]
         keys = [[(epoch, int(i)) for i in indices] for indices in plan]
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
-                                             pin_memory=self.finish.device.type == "cuda")
+                                             pin_memory=self.finish.device.type == "cuda",
+                                             multiprocessing_context=WORKER_START_METHOD if self.workers else None)
         for step, (images, labels) in enumerate(loader, start_step):
             images = images.to(self.finish.device, non_blocking=True)
             labels = labels.to(self.finish.device, non_blocking=True)

@@ -174,18 +174,15 @@ def precheck_train(argv: list[str]) -> None:
     from augrun import trainer
     from augrun.checkpoint import CheckpointError
     from augrun.data import DataError
-    for typed, run_dir in jobs:
+    for number, (typed, run_dir) in enumerate(jobs):
         try:
             # loads (downloads) the data too: load_dataset is memoised, so the run itself reuses this copy
-            trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=lambda m: None)
+            trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=lambda m: None, job_num=number)
         except (ConfigError, DataError, CheckpointError) as error:
             raise UserError(str(error)) from None
 
 
 # --- the Hydra tasks ---------------------------------------------------------------------------------------------------
-
-_failed_jobs: list[str] = []
-
 
 def train_task(cfg: DictConfig) -> None:
     import torch
@@ -201,7 +198,8 @@ def train_task(cfg: DictConfig) -> None:
     typed: TrainConfig | None = None
     try:
         typed = to_train_config(cfg)
-        prepared = trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=_warn)
+        job_num = hydra_cfg.job.num if multirun else 0
+        prepared = trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=_warn, job_num=job_num)
         trainer.run(prepared)
         return
     except trainer.StopRun as stop:
@@ -217,8 +215,8 @@ def train_task(cfg: DictConfig) -> None:
         _write_failure_summary(run_dir, message)
     if not multirun:
         fail(message, status)
+    # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
     print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
-    _failed_jobs.append(str(run_dir))
 
 
 def _warn(message: str) -> None:
@@ -263,9 +261,11 @@ def train_command(argv: list[str]) -> None:
         precheck_train(argv)
     except (UserError, ConfigError) as error:
         fail(str(error))
+    from augrun.compare import SweepReport
+    SweepReport.failed_jobs = []
     run_hydra(train_task, "train", _rank_overrides(argv))
-    if _failed_jobs:
-        fail(f"{len(_failed_jobs)} sweep job(s) failed: {', '.join(_failed_jobs)}", 1)
+    if SweepReport.failed_jobs:
+        fail(f"{len(SweepReport.failed_jobs)} sweep job(s) failed: {', '.join(SweepReport.failed_jobs)}", 1)
 
 
 def _rank_overrides(argv: list[str]) -> list[str]:

@@ -522,21 +522,22 @@ class SweepReport(Callback):
     raises (Hydra's basic sweeper re-raises it once the batch is done and skips on_multirun_end).
     """
 
-    def __init__(self) -> None:
-        self.console = Console()
-        self.err = Console(stderr=True)
+    # Failed jobs of the last report in this process: `augrun train -m` exits non-zero when there are any, also when
+    # a parallel launcher ran the jobs in other processes. (Consoles are made per call: launchers pickle callbacks.)
+    failed_jobs: list[str] = []
 
     def _report(self, config: DictConfig, console: Console | None) -> None:
         # Never raise: the jobs' results are already on disk; a broken report must not turn a sweep into a traceback.
         try:
             root = _sweep_root(config)
-            compare_paths([root], root, console)
+            report = compare_paths([root], root, console)
+            SweepReport.failed_jobs = [str(run.path) for run in report.failed]
         except Exception as e:  # noqa: BLE001 - any failure is reported as one line
             message = f"augrun: no sweep comparison written: {_one_line(e)}"
-            self.err.print(message, highlight=False, markup=False, soft_wrap=True)
+            Console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(config, self.console)
+        self._report(config, Console())
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:

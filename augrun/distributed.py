@@ -28,13 +28,31 @@ class Placement:
     strategy: str             # "ddp", "dp" or "single"
 
     def device_names(self) -> list[str]:
-        return [f"cuda:{i}" for i in self.gpu_indices] if self.kind == "cuda" else ["cpu"] * self.nprocs
+        if self.kind == "cpu":
+            return ["cpu"] * self.nprocs
+        if under_torchrun():  # a multi-node group: name devices by rank, the indices are each node's own
+            return [f"rank{r}:cuda" for r in range(self.nprocs)]
+        return [f"cuda:{i}" for i in self.gpu_indices]
 
 
-def resolve_devices(devices: Any, *, nprocs: int | None, strategy: str, visible_gpus: int) -> Placement:
-    """Turn trainer.devices / nprocs / strategy into a placement, or a ConfigError naming what would be valid."""
-    valid = f"valid: auto, cpu, cuda, a count 1..{visible_gpus} or a list of indices 0..{visible_gpus - 1}" \
-        if visible_gpus else "valid here (no CUDA device visible): auto, cpu"
+def resolve_devices(devices: Any, *, nprocs: int | None, strategy: str, visible_gpus: int,
+                    job_num: int = 0) -> Placement:
+    """Turn trainer.devices / nprocs / strategy into a placement, or a ConfigError naming what would be valid.
+
+    Under torchrun the group's size is torchrun's: every process is one rank on one device.
+    """
+    placement = _resolve(devices, nprocs=nprocs, strategy=strategy, visible_gpus=visible_gpus, job_num=job_num)
+    if under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        return Placement(placement.kind, placement.gpu_indices, world, "ddp" if world > 1 else "single")
+    return placement
+
+
+def _resolve(devices: Any, *, nprocs: int | None, strategy: str, visible_gpus: int, job_num: int) -> Placement:
+    valid = f"valid: auto, cpu, cuda, per_job, a count 1..{visible_gpus} or a list of indices 0..{visible_gpus - 1}" \
+        if visible_gpus else "valid here (no CUDA device visible): auto, cpu, per_job"
+    if devices == "per_job":  # parallel sweep jobs (joblib launcher) each take their own GPU, round robin
+        devices = [job_num % visible_gpus] if visible_gpus else "cpu"
     if devices == "auto":
         indices = tuple(range(visible_gpus))
     elif devices == "cpu":

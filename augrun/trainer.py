@@ -58,9 +58,9 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
     return plain
 
 
-def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn) -> Prepared:
-    placement = distributed.resolve_devices(cfg.trainer.devices, nprocs=cfg.trainer.nprocs,
-                                            strategy=cfg.trainer.strategy, visible_gpus=visible_gpus)
+def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num: int = 0) -> Prepared:
+    placement = distributed.resolve_devices(cfg.trainer.devices, nprocs=cfg.trainer.nprocs, strategy=cfg.trainer.strategy,
+                                            visible_gpus=visible_gpus, job_num=job_num)
     train_ops = parse_train_pipeline(cfg.aug.train)
     batch_ops = parse_batch_pipeline(cfg.aug.batch)
     backend, warning = resolve_backend(cfg.aug.backend, train_ops, device_kind=placement.kind)
@@ -157,6 +157,8 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     flag = SignalFlag()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+    elif world > 1:  # ranks sharing the CPU: more threads than cores would make them fight
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model.name, in_channels=p.data.channels, num_classes=p.data.num_classes,
                         width=cfg.model.width).to(device)
@@ -174,6 +176,9 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     amp_dtype = _amp_dtype(t.precision, device)
     files = MetricsFiles(p.run_dir) if is_main else None
     console = RunConsole() if is_main else None
+    if is_main and not cfg.resume:  # the book's 2x4 `apply` grid of this run's train pipeline, from its own seed
+        from augrun.preview import write_run_preview
+        write_run_preview(p.data.train.images[0], p.train_ops, p.backend, p.run_dir / "preview.png", seed=cfg.seed)
 
     start_epoch, state, records, total_seconds = 1, EpochState.fresh(device), [], 0.0
     if cfg.resume:

@@ -44,6 +44,7 @@ def test_smoke_run_writes_every_output(workdir: Path):
 
     assert (run_dir / ".hydra" / "config.yaml").is_file() and "experiment=smoke" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert Image.open(run_dir / "curves.png").size[0] > 200
+    assert Image.open(run_dir / "preview.png").size == (600, 300)  # the book's 2x4 grid of the train pipeline
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 3 and checkpoint["next_step"] == 0 and len(checkpoint["records"]) == 2
 

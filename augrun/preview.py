@@ -1,0 +1,393 @@
+"""`augrun preview`: pictures of what a pipeline does, and of a dataset.
+
+    augrun preview aug=color_jitter [image=cat.jpg] [out=grid.png] [rows=2 cols=4] [seed=0] [scale=1.5]
+    augrun preview show=dataset [dataset=fashion_mnist]
+
+show=aug is the d2l book's ``apply(img, aug, num_rows=2, num_cols=4, scale=1.5)``: one image augmented rows*cols times,
+each copy with its own random draw, in a grid. The image is ``image=`` or else the configured dataset's first training
+image. aug.backend picks how: cpu (and auto: a preview runs on the CPU, where auto means cpu) is the torchvision
+pipeline of augrun.augment.cpu applied per copy; gpu is augrun.augment.gpu's batched ops on a batch of rows*cols copies,
+on the CPU device. Neither normalises. Only aug.train is drawn: aug.batch (MixUp, CutMix) mixes images of a batch and is
+checked but not shown. The image is used at its own size, so pipelines whose size follows the dataset
+(``size: ${dataset.image_size}``) crop a photo to that size; set dataset.image_size to the photo's side to see them whole.
+show=dataset is the book's ``show_images``: the first rows*cols training images, titled with their class names.
+
+The picture has a fixed pixel size: the figure is (cols * scale, rows * scale) inches, saved at DPI = 100 without a
+tight bounding box, so it is round(cols * scale * 100) x round(rows * scale * 100) pixels (a 2x4 grid at scale 1.5 is
+600x300). Every draw is seeded from ``seed`` (augrun.seeding.derive_seed), and PNGs carry no version text, so the same
+command writes the same bytes. preview writes nothing but that file (no outputs/, no .hydra/, no log).
+
+Bad input exits 2 with one line naming the key or path, before torch is imported where the check needs no torch.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from augrun.config import AugConfig, ConfigError, DatasetConfig, check_at_least, check_choice
+
+if TYPE_CHECKING:
+    import torch
+
+    from augrun.augment.ops import OpSpec
+
+CONFIG_NAME = "preview"
+DPI = 100  # pixels per inch of the saved picture: a cell of scale 1.5 inches is 150 pixels
+DEFAULT_GRID = {"aug": (2, 4), "dataset": (4, 8)}  # rows, cols when left null: the book's apply, and a dataset overview
+SHOW = tuple(DEFAULT_GRID)
+KEYS = ("aug", "dataset", "image", "out", "rows", "cols", "show", "seed", "scale")
+MAX_SIDE_PX = 16384  # Agg refuses pictures of 2**16 pixels a side; far below that a grid is already unreadable
+RUN_PREVIEW_GRID = (2, 4, 1.5)  # rows, cols, scale of a training run's preview.png: the book's apply
+
+
+@dataclass
+class PreviewOptions:
+    """A checked preview command, as plain values."""
+    show: str
+    image: Path | None
+    out: Path
+    rows: int
+    cols: int
+    seed: int
+    scale: float
+    backend: str                  # cpu | gpu, resolved
+    train_ops: list[OpSpec]
+    batch_ops: list[str]          # names of aug.batch's ops: checked, not drawn
+    dataset: DictConfig           # the dataset section, typed by DatasetConfig; read only when the dataset is used
+
+
+# --- the command -----------------------------------------------------------------------------------------------------
+
+def preview_command(argv: list[str]) -> None:
+    from augrun.cli import INFO_FLAGS, UserError, fail, run_hydra, split_argv
+
+    overrides, flags = split_argv(argv)
+    if flags & INFO_FLAGS:  # --help, --cfg job, ...: Hydra prints and runs nothing
+        run_hydra(lambda cfg: None, CONFIG_NAME, argv)
+        return
+    try:
+        if flags:
+            raise UserError(f"{sorted(flags)[0]}: not an option of augrun preview, which draws one grid; valid: "
+                            "key=value overrides, --help, --cfg job (run preview once per pipeline to compare)")
+        options = check_options(compose_preview(overrides))
+        if options.batch_ops:
+            print(f"augrun: warning: aug.batch ({', '.join(options.batch_ops)}) mixes the images of a training batch; "
+                  "the preview shows aug.train only", file=sys.stderr)
+        path = write_preview(options)
+    except _user_errors() as error:
+        fail(str(error))
+    width, height = _pixels(options)
+    print(f"wrote {path} ({options.rows}x{options.cols} grid, {width}x{height} pixels)")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are bad input. DataError only if augrun.data was imported (it imports torch, which takes
+    seconds): a typo found before that is reported without waiting for it."""
+    from augrun.cli import UserError
+    data = sys.modules.get("augrun.data")
+    return (UserError, ConfigError) + ((data.DataError,) if data is not None else ())
+
+
+def compose_preview(overrides: list[str]) -> DictConfig:
+    """The composed preview config; composition errors as one-line UserErrors."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from augrun.cli import CONFIG_MODULE, UserError
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's OverrideParseException: a line of grammar, then a link
+        raise UserError(f"cannot parse the overrides: {_first_line(error)}") from None
+    for override in parsed:
+        if override.is_sweep_override():
+            raise UserError(f"{override.input_line}: preview draws one grid; valid: one value per key "
+                            "(run augrun preview once per choice)")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        try:
+            return compose(config_name=CONFIG_NAME, overrides=overrides)
+        except Exception as error:
+            raise UserError(describe_composition_error(error)) from None
+
+
+def describe_composition_error(error: BaseException) -> str:
+    """cli's one-line description, with the valid keys of the preview config rather than of train's schema."""
+    from augrun import cli
+
+    cause = error.__cause__ or error.__context__
+    while cause is not None and not getattr(cause, "full_key", None) and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__
+    key = getattr(cause, "full_key", None) if cause is not None else None
+    if key:
+        parent, _, name = key.rpartition(".")
+        valid = _valid_keys(parent)
+        if valid and name not in valid:
+            return f"{key}: unknown key; valid keys here: {', '.join(valid)}"
+    return cli.describe_composition_error(error)
+
+
+def _valid_keys(parent: str) -> list[str]:
+    import dataclasses
+    sections = {"": list(KEYS), "aug": [f.name for f in dataclasses.fields(AugConfig)],
+                "dataset": [f.name for f in dataclasses.fields(DatasetConfig)]}
+    return sections.get(parent, [])
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --- checking the config -----------------------------------------------------------------------------------------
+
+def check_options(cfg: DictConfig) -> PreviewOptions:
+    """The composed config as checked plain values: types, ranges, files, and the pipeline's ops and arguments."""
+    from augrun.cli import UserError
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as error:  # an interpolation that cannot resolve
+        key = getattr(error, "full_key", "") or ""
+        raise UserError(f"{key}: {_first_line(error)}" if key else _first_line(error)) from None
+    plain.pop("hydra", None)
+    for key in plain:
+        if key not in KEYS:
+            raise ConfigError(key, f"unknown key; valid keys here: {', '.join(KEYS)}")
+
+    show = plain["show"]
+    if show not in SHOW:
+        raise ConfigError("show", f"got {show!r}; valid: {', '.join(SHOW)}")
+    default_rows, default_cols = DEFAULT_GRID[show]
+    rows = _integer("rows", plain["rows"], default_rows)
+    cols = _integer("cols", plain["cols"], default_cols)
+    seed = _integer("seed", plain["seed"], None, minimum=None)
+    scale = plain["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ConfigError("scale", f"got {scale!r}; valid: inches per cell, a number > 0 (the book uses 1.5)")
+    width, height = round(cols * scale * DPI), round(rows * scale * DPI)
+    if max(width, height) > MAX_SIDE_PX or min(width, height) < 1:
+        raise ConfigError("scale", f"a {rows}x{cols} grid at scale {scale} is {width}x{height} pixels; valid: "
+                          f"1 to {MAX_SIDE_PX} pixels a side (fewer rows or cols, or a smaller scale)")
+    out = _out_path(plain["out"])
+    image = None if plain["image"] is None or show == "dataset" else _image_path(plain["image"])
+
+    aug = _typed_section("aug", plain["aug"], AugConfig)
+    check_choice("aug.backend", aug.backend)
+    from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline, resolve_backend
+    train_ops = parse_train_pipeline(OmegaConf.to_container(aug.train))
+    batch_ops = parse_batch_pipeline(OmegaConf.to_container(aug.batch))  # checked as train does; not drawn here
+    backend, _ = resolve_backend(aug.backend, train_ops, device_kind="cpu")
+    dataset = _typed_section("dataset", plain["dataset"], DatasetConfig)
+    return PreviewOptions(show, image, out, rows, cols, seed, float(scale), backend, train_ops,
+                          [spec.name for spec in batch_ops], dataset)
+
+
+def _integer(key: str, value: Any, default: int | None, *, minimum: int | None = 1) -> int:
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        valid = f"an integer >= {minimum}" if minimum is not None else "an integer"
+        raise ConfigError(key, f"got {value!r}; valid: {valid}" + (" or null (the default)" if default else ""))
+    if minimum is not None:
+        check_at_least(key, value, minimum)
+    return value
+
+
+def _out_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("out", f"got {value!r}; valid: a file name such as preview.png")
+    path = Path(value).expanduser()
+    formats = _figure_formats()
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise ConfigError("out", f"unknown picture format {path.suffix!r}; valid suffixes: {', '.join(formats)}")
+    if path.is_dir():
+        raise ConfigError("out", f"{path} is a directory; valid: a file name such as {path / 'preview.png'}")
+    return path
+
+
+def _figure_formats() -> list[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    return sorted(FigureCanvasAgg.get_supported_filetypes())
+
+
+def _image_path(value: Any) -> Path:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise ConfigError("image", f"got {value!r}; valid: the path of an image file, or null for the dataset's first "
+                          "training image")
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise ConfigError("image", f"{path} not found; valid: the path of an image file (PNG, JPEG, ...), or null "
+                          "for the dataset's first training image")
+    if not path.is_file():
+        raise ConfigError("image", f"{path} is not a file; valid: the path of an image file (PNG, JPEG, ...)")
+    return path
+
+
+def _typed_section(name: str, section: Any, schema: type) -> DictConfig:
+    """A config section merged into its train schema, so that unknown keys and wrong types are caught as in train."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(section))
+        for key, value in section.items():
+            if value == "???":  # merging a missing value keeps the schema's default: keep it missing instead
+                typed[key] = "???"
+        return typed
+    except Exception as error:
+        key = getattr(error, "full_key", "") or ""  # relative to the section
+        valid = _valid_keys(name)
+        if key and "." not in key and key not in valid:
+            raise ConfigError(f"{name}.{key}", f"unknown key; valid keys here: {', '.join(valid)}") from None
+        raise ConfigError(f"{name}.{key}" if key else name, _first_line(error)) from None
+
+
+# --- images ------------------------------------------------------------------------------------------------------
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as uint8 (C, H, W): RGB, or one channel for grayscale files; EXIF rotation applied."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image = image.convert("L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+            pixels = np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ConfigError("image", f"cannot decode {path} ({_first_line(error)}); valid: an image file "
+                          "(PNG, JPEG, BMP, ...)") from None
+    tensor = torch.from_numpy(pixels.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def augmented_copies(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend: str, count: int,
+                     seed: int) -> list[torch.Tensor]:
+    """``count`` augmentations of one uint8 (C, H, W) image, as float (C, H', W') tensors in [0, 1].
+
+    Seeded by (seed, "preview"), a purpose no training draw uses; torch's global RNG, which the cpu pipeline draws
+    from, is restored afterwards, so a run that draws its preview keeps its own random stream.
+    """
+    import torch
+
+    from augrun.seeding import derive_seed
+
+    image = image_uint8_chw.detach().cpu()
+    try:
+        if backend == "gpu":
+            from augrun.augment.gpu import GPU_OPS, GpuPipeline, to_float
+            ops = []
+            for spec in specs:
+                try:
+                    ops.append(GPU_OPS[spec.name](**spec.kwargs))
+                except (TypeError, ValueError) as error:
+                    raise ConfigError(spec.key, _first_line(error)) from None
+            generator = torch.Generator().manual_seed(derive_seed(seed, "preview"))
+            batch = GpuPipeline(ops)(to_float(image.unsqueeze(0).repeat(count, 1, 1, 1)), generator)
+            return list(batch.clamp(0, 1).unbind(0))
+        from PIL import Image
+
+        from augrun.augment.cpu import build_train_transform
+        transform = build_train_transform(specs)  # no mean/std: the picture shows pixels, not model inputs
+        pixels = image.permute(1, 2, 0).numpy()
+        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        copies = []
+        with torch.random.fork_rng(devices=[]):
+            for i in range(count):
+                # per copy, as the training workers seed per image: copy i does not depend on the others
+                torch.default_generator.manual_seed(derive_seed(seed, "preview", i))
+                copies.append(transform(picture).clamp(0, 1))
+        return copies
+    except (ValueError, RuntimeError) as error:  # e.g. a crop larger than the (padded) image
+        size = "x".join(map(str, image.shape[-2:]))
+        raise ConfigError("aug.train", f"cannot apply the pipeline to the {size} image: {_first_line(error)}") from None
+
+
+def render_grid(images: list[torch.Tensor], path: Path, *, rows: int, cols: int, scale: float,
+                titles: list[str] | None = None) -> Path:
+    """Float (C, H, W) images in [0, 1] in a rows x cols grid, axes off (the book's show_images), written atomically.
+
+    The picture is (cols * scale, rows * scale) inches at DPI, so its pixel size depends only on rows, cols and scale.
+    Cells beyond ``images`` stay blank.
+    """
+    from matplotlib.figure import Figure  # a bare Figure on the Agg canvas: no pyplot, no display needed
+
+    from augrun.curves import save_figure
+
+    fig = Figure(figsize=(cols * scale, rows * scale))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        image = images[i].detach().float().cpu()
+        if image.shape[0] == 1:
+            ax.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.imshow(image.permute(1, 2, 0).numpy())
+        if titles:
+            ax.set_title(titles[i], fontsize=8, pad=2)
+    # fixed margins, not tight_layout or bbox_inches="tight", which would make the pixel size depend on the content
+    top = 1 - 0.25 / (rows * scale) if titles else 0.98  # room for the first row's titles (a quarter inch)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.08, hspace=0.3 if titles else 0.08)
+    save_figure(fig, path, dpi=DPI)
+    return path
+
+
+def _pixels(options: PreviewOptions) -> tuple[int, int]:
+    return round(options.cols * options.scale * DPI), round(options.rows * options.scale * DPI)
+
+
+def _training_images(dataset: DictConfig):
+    """The configured dataset's training split (loaded as train loads it: download, subset, cache)."""
+    from augrun.data import load_dataset
+
+    for key in dataset:
+        if OmegaConf.is_missing(dataset, key):  # imagefolder's root: ???
+            raise ConfigError(f"dataset.{key}", f"required by dataset={dataset.name} but not set; valid: "
+                              f"dataset.{key}=..., or image=PATH to preview a file instead")
+    d = OmegaConf.to_object(dataset)
+    return load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
+                        num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size).train
+
+
+def write_preview(options: PreviewOptions) -> Path:
+    """Draw the picture a checked preview command asks for; returns the path written."""
+    count = options.rows * options.cols
+    if options.show == "dataset":
+        train = _training_images(options.dataset)
+        images = [image.float().div(255) for image in train.images[:count]]
+        titles = [train.classes[int(label)] for label in train.labels[:count]]
+        return _render(images, options, titles)
+    image = read_image(options.image) if options.image is not None else _training_images(options.dataset).images[0]
+    copies = augmented_copies(image, options.train_ops, options.backend, count, options.seed)
+    return _render(copies, options, None)
+
+
+def _render(images, options: PreviewOptions, titles) -> Path:
+    try:
+        return render_grid(images, options.out, rows=options.rows, cols=options.cols, scale=options.scale,
+                           titles=titles)
+    except OSError as error:
+        raise ConfigError("out", f"cannot write {options.out} ({error.strerror or _first_line(error)}); valid: a path "
+                          "in a writable directory") from None
+
+
+# --- a training run's preview.png ------------------------------------------------------------------------------------
+
+def write_run_preview(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend: str, path: Path,
+                      seed: int) -> Path:
+    """The book's 2x4 ``apply`` grid of one image under a run's train pipeline, written atomically to ``path``.
+
+    ``backend`` is the run's resolved backend (cpu or gpu; the gpu ops run on the CPU here, on 8 copies). The draws come
+    from (seed, "preview") and torch's global RNG is left as it was, so writing the preview changes nothing in the run.
+    """
+    rows, cols, scale = RUN_PREVIEW_GRID
+    copies = augmented_copies(image_uint8_chw, list(specs), backend, rows * cols, seed)
+    return render_grid(copies, Path(path), rows=rows, cols=cols, scale=scale)
