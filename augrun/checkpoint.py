@@ -26,8 +26,11 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)  # disk full or killed: drop the partial file, keep the old checkpoint
+        if isinstance(error, Exception):  # torch reports a full disk as a RuntimeError from its zip writer
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise OSError(f"could not write {path} ({reason}); the previous checkpoint is kept") from None
         raise
 
 

@@ -127,6 +127,11 @@ def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
         if sweeps:
             raise UserError(f"{sweeps[0]}: a sweep needs -m (augrun train -m {' '.join(overrides)})")
         return [overrides]
+    # sweeps can also come from the config (an experiment's hydra.sweeper.params), as Hydra's basic sweeper reads them;
+    # it composes them without the sweep values, and the command line wins per key
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    params = compose_job(fixed).hydra.sweeper.get("params") or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 

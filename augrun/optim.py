@@ -23,6 +23,8 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, *, lr: float, e
     if name == "none":
         return None
     if name == "onecycle":
+        if math.isclose(pct_start * total, 1.0):  # torch divides by pct_start * total - 1: peak at step 0 instead
+            pct_start = (1 - 1e-6) / total
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start)
     if name == "cosine":
         warmup = min(warmup_epochs * steps_per_epoch, total - 1)

@@ -101,4 +101,4 @@ class RunConsole:
 
     def note(self, message: str) -> None:
         self.stop_progress()
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)  # unwrapped: users copy commands out of notes

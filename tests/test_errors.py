@@ -15,7 +15,7 @@ CONFIG_ERRORS = {
     "unknown key": (["trainer.batchsize=3"], "trainer.batchsize: unknown key; valid keys here: epochs, batch_size"),
     "unknown top-level key": (["+foo=1"], "foo: unknown key"),
     "wrong type": (["trainer.batch_size=abc"], "trainer.batch_size"),
-    "unknown group option": (["aug=bogus"], "aug=bogus: unknown option; valid: brightness, color_jitter"),
+    "unknown group option": (["aug=bogus"], "aug=bogus: unknown option; valid: augmix, autoaugment, brightness, color_jitter"),
     "unknown aug op": (["+aug.train.RandomFoo.p=1"], "aug.train.RandomFoo: unknown augmentation op"),
     "unknown aug argument": (["+aug.train.RandomHorizontalFlip.q=1"], "aug.train.RandomHorizontalFlip.q: unknown argument"),
     "probability above 1": (["aug.train.RandomHorizontalFlip.p=1.5"], "aug.train.RandomHorizontalFlip.p: got 1.5"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms.v2 as T
 
 from augrun.augment.cpu import build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
@@ -15,8 +16,6 @@ from augrun.cli import main, to_train_config
 from augrun.config import ConfigError
 from augrun.optim import build_optimizer, build_scheduler
 from conftest import compose_train, read_metrics
-
-import torchvision.transforms.v2 as T
 
 
 def sgd(lr: float = 0.1, **kwargs) -> torch.optim.Optimizer:
@@ -82,6 +81,13 @@ def test_onecycle_peaks_at_pct_start():
     assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
     assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
     assert lrs[-1] < lr / 25 / 100  # anneals far below the start (final_div_factor 1e4)
+
+
+def test_onecycle_with_a_one_step_rise():
+    optimizer = sgd(0.4)
+    scheduler = build_scheduler("onecycle", optimizer, lr=0.4, epochs=2, steps_per_epoch=2, pct_start=0.25)
+    lrs = lr_per_step(optimizer, scheduler, 4)
+    assert max(lrs) == pytest.approx(0.4, rel=1e-3) and lrs[-1] < lrs[0]
 
 
 @pytest.mark.parametrize("sched", ["cosine", "onecycle"])
