@@ -7,6 +7,7 @@ evenly over the ranks, so every image is used once per epoch whatever the proces
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -19,6 +20,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # Workers are forked where the OS can: a rank started by spawn would otherwise spawn its workers too, and each
 # spawned worker spends seconds importing torch again, every epoch.
 WORKER_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+# augrun warns once per run when workers outnumber cores; torch would repeat it for every DataLoader of every epoch
+warnings.filterwarnings("ignore", message="This DataLoader will create")
 
 
 def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,

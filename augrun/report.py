@@ -58,6 +58,30 @@ class MetricsFiles:
         write_text_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
 
 
+class TensorBoardLog:
+    """logger=tensorboard: the per-epoch scalars as event files in the run directory (`tensorboard --logdir outputs/`)."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        for name in METRIC_FIELDS[1:]:
+            self.writer.add_scalar(name, record[name], global_step=record["epoch"])
+        self.writer.flush()
+
+
+def check_logger(logger: str) -> None:
+    """Fail before any work when the chosen logger's package is missing."""
+    if logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            from augrun.config import ConfigError
+            raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
+                              "or logger=none") from None
+
+
 class RunConsole:
     """Rich output of rank 0: a live progress bar while an epoch trains, a table row when it ends."""
 

@@ -25,7 +25,7 @@ from augrun.data import DataSplits, load_dataset
 from augrun.engine import EpochState, evaluate, train_one_epoch
 from augrun.models import build_model
 from augrun.optim import build_optimizer, build_scheduler
-from augrun.report import MetricsFiles, RunConsole
+from augrun.report import MetricsFiles, RunConsole, TensorBoardLog, check_logger
 from augrun.seeding import derive_seed
 
 
@@ -52,9 +52,13 @@ class StopRun(Exception):
 
 
 def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The config a checkpoint must match to be resumed (resume itself may differ)."""
+    """The config a checkpoint must match to be resumed. What cannot change the numbers may differ: resume itself, the
+    logger, progress updates, and the worker count (every image's draws are seeded by its index, not its worker)."""
     plain = dataclasses.asdict(cfg)
-    plain.pop("resume")
+    for key in ("resume", "logger"):
+        plain.pop(key)
+    for key in ("progress_updates", "workers"):
+        plain["trainer"].pop(key)
     return plain
 
 
@@ -66,6 +70,11 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
     backend, warning = resolve_backend(cfg.aug.backend, train_ops, device_kind=placement.kind)
     if warning:
         warn(warning)
+    check_logger(cfg.logger)
+    cores = os.cpu_count() or 1
+    if backend == "cpu" and cfg.trainer.workers > cores:
+        warn(f"trainer.workers={cfg.trainer.workers} on {cores} CPU cores: workers will compete for them")
+
     config_dict = comparable_config(cfg)
     resume_state = None
     # under torchrun only rank 0 reads the checkpoint (the others have a throwaway run directory); it is broadcast
@@ -175,6 +184,7 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     loss_scale = float(world) if t.loss_reduction == "sum" else 1.0
     amp_dtype = _amp_dtype(t.precision, device)
     files = MetricsFiles(p.run_dir) if is_main else None
+    tensorboard = TensorBoardLog(p.run_dir) if is_main and cfg.logger == "tensorboard" else None
     console = RunConsole() if is_main else None
     if is_main and not cfg.resume:  # the book's 2x4 `apply` grid of this run's train pipeline, from its own seed
         from augrun.preview import write_run_preview
@@ -252,6 +262,8 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
         if is_main:
             files.append(record, records[:-1])
             console.epoch_row(record)
+            if tensorboard is not None:
+                tensorboard.log(record)
             _draw_curves(records, p.run_dir, t.epochs)
 
     if is_main:
