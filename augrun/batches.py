@@ -140,8 +140,12 @@ class DeviceBatches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         plan = epoch_plan(len(self.labels), epoch=epoch, **self.plan_args)
+        if not plan:
+            return
+        # one host-to-device copy of the epoch's indices, instead of one per step
+        on_device = torch.cat(plan).to(self.finish.device).split([len(indices) for indices in plan])
         for step in range(start_step, len(plan)):
-            indices = plan[step].to(self.finish.device, non_blocking=True)
+            indices = on_device[step]
             images = self.images[indices].float().div_(255)
             if self.pipeline is not None:
                 # reseeded per step (a host-side call, no sync) so a resumed run draws what the original drew
