@@ -39,10 +39,14 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, epoch: int, optimizer: torch.optim.Optimizer,
-                    scheduler, loss_fn: Callable, loss_scale: float, amp_dtype: torch.dtype | None,
+                    scheduler, loss_fn: Callable, sum_loss: bool, world_size: int, amp_dtype: torch.dtype | None,
                     progress_every: int, on_progress: Callable[[int, torch.Tensor], None],
                     stop_requested: Callable[[], bool]) -> bool:
-    """Run the remaining steps of an epoch, updating `state` in place. Returns False when stopped early by a signal."""
+    """Run the remaining steps of an epoch, updating `state` in place. Returns False when stopped early by a signal.
+
+    `loss_fn` gives per-image losses. The objective is their mean, or with `sum_loss` their sum (the book's
+    l.sum().backward()); then it is scaled by the world size, since DDP averages gradients over the ranks.
+    """
     model.train()
     device = state.sums.device
     # the first non-finite step, tracked on the device: checking the loss on the host would stall the GPU every step
@@ -50,19 +54,19 @@ def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, e
     for step, (images, targets) in enumerate(batches, state.next_step):
         with autocast(device, amp_dtype):
             logits = model(images)
-            loss = loss_fn(logits, targets)
+            loss_sum = loss_fn(logits, targets).sum()
+        n = images.shape[0]
         optimizer.zero_grad(set_to_none=True)
-        (loss * loss_scale).backward()
+        (loss_sum * world_size if sum_loss else loss_sum / n).backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         with torch.no_grad():
             # Python scalars, not new tensors: no host-to-device copy per step
-            n = images.shape[0]
-            state.sums[0] += loss.detach().double() * n
+            state.sums[0] += loss_sum.detach().double()
             state.sums[1] += count_correct(logits, targets)
             state.sums[2] += n
-            bad = ~torch.isfinite(loss.detach()) & (first_bad_step < 0)
+            bad = ~torch.isfinite(loss_sum.detach()) & (first_bad_step < 0)
             first_bad_step = torch.where(bad, step, first_bad_step)
         state.next_step = step + 1
         if state.next_step % progress_every == 0:

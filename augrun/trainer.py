@@ -179,9 +179,7 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
                                 nesterov=cfg.optim.nesterov)
     scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs, steps_per_epoch=steps,
                                 warmup_epochs=cfg.sched.warmup_epochs, pct_start=cfg.sched.pct_start)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction=t.loss_reduction)
-    # with reduction=sum (the book's l.sum().backward()), DDP's gradient average over ranks must be undone
-    loss_scale = float(world) if t.loss_reduction == "sum" else 1.0
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     amp_dtype = _amp_dtype(t.precision, device)
     files = MetricsFiles(p.run_dir) if is_main else None
     tensorboard = TensorBoardLog(p.run_dir) if is_main and cfg.logger == "tensorboard" else None
@@ -237,7 +235,8 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
                 console.update(step, loss / max(count, 1), correct / max(count, 1), count * world / max(elapsed, 1e-9))
 
         finished = train_one_epoch(wrapped, train_batches.epoch(epoch, state.next_step), state, epoch=epoch,
-                                   optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, loss_scale=loss_scale,
+                                   optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                                   sum_loss=t.loss_reduction == "sum", world_size=world,
                                    amp_dtype=amp_dtype, progress_every=progress_every, on_progress=on_progress,
                                    stop_requested=stop_requested)
         if device.type == "cuda":

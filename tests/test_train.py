@@ -67,3 +67,11 @@ def test_learns_the_synthetic_task(workdir: Path):
                                "dataset.train_size=640", "optim.lr=0.01")
     # 10 balanced classes: chance is 0.1
     assert records[-1]["test_acc"] > 0.5 and records[-1]["train_loss"] < records[0]["train_loss"]
+
+
+def test_summed_loss_is_logged_per_image_like_the_book(workdir: Path):
+    # The book backpropagates l.sum() but logs the per-image mean; Adam is invariant to the loss's scale (up to eps),
+    # so both reductions train alike and must log alike.
+    mean = train_in_process(workdir / "mean", "trainer.workers=0")
+    summed = train_in_process(workdir / "sum", "trainer.workers=0", "trainer.loss_reduction=sum")
+    assert summed[0]["train_loss"] == pytest.approx(mean[0]["train_loss"], abs=1e-3)
