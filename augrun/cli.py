@@ -55,18 +55,21 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(plain)))
     except Exception as error:  # an interpolation that cannot resolve, a value that does not fit its type
         key = getattr(error, "full_key", "") or ""
-        raise ConfigError(key, _explain_omegaconf(error) if key else _first_line(error)) from None
+        raise ConfigError(key, _explain_omegaconf(error) if key else first_line(error)) from None
     check_ranges(typed)
     return typed
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def describe_composition_error(error: BaseException) -> str:
-    """Hydra's composition errors span several lines; say the same in one, naming the key and what is valid."""
+def describe_composition_error(error: BaseException, schema_fields=None) -> str:
+    """Hydra's composition errors span several lines; say the same in one, naming the key and what is valid.
+
+    `schema_fields(dotted_section)` lists the valid keys of a section (default: the train schema's).
+    """
     from hydra.errors import MissingConfigException
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, choice = error.missing_cfg_file.rpartition("/")
@@ -75,16 +78,16 @@ def describe_composition_error(error: BaseException) -> str:
     while cause is not None and not hasattr(cause, "full_key") and (cause.__cause__ or cause.__context__):
         cause = cause.__cause__ or cause.__context__
     if cause is not None and getattr(cause, "full_key", None):
-        return f"{cause.full_key}: {_explain_omegaconf(cause)}"
+        return f"{cause.full_key}: {_explain_omegaconf(cause, schema_fields or _schema_fields)}"
     return " ".join(str(error).split())
 
 
-def _explain_omegaconf(error: BaseException) -> str:
+def _explain_omegaconf(error: BaseException, schema_fields=None) -> str:
     parent, _, name = error.full_key.rpartition(".")
-    valid = _schema_fields(parent)
+    valid = (schema_fields or _schema_fields)(parent)
     if valid and name not in valid:
         return f"unknown key; valid keys here: {', '.join(valid)}"
-    return _first_line(error)
+    return first_line(error)
 
 
 def _schema_fields(dotted: str) -> list[str]:
@@ -242,8 +245,8 @@ def _describe_failure(error: BaseException) -> str:
         last = [line for line in str(error).splitlines() if line.strip()][-1].strip()
         return f"rank {error.error_index} failed: {last}"
     if isinstance(error, ProcessExitedException):
-        return f"rank {error.error_index} died: {_first_line(error)}"
-    return f"{type(error).__name__}: {_first_line(error)}"
+        return f"rank {error.error_index} died: {first_line(error)}"
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def _write_failure_summary(run_dir: Path, message: str) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from augrun.cli import first_line
 from augrun.config import AugConfig, ConfigError, DatasetConfig, check_at_least, check_choice
 
 if TYPE_CHECKING:
@@ -99,12 +100,12 @@ def compose_preview(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from augrun.cli import CONFIG_MODULE, UserError
+    from augrun.cli import CONFIG_MODULE, UserError, describe_composition_error
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:  # Hydra's OverrideParseException: a line of grammar, then a link
-        raise UserError(f"cannot parse the overrides: {_first_line(error)}") from None
+        raise UserError(f"cannot parse the overrides: {first_line(error)}") from None
     for override in parsed:
         if override.is_sweep_override():
             raise UserError(f"{override.input_line}: preview draws one grid; valid: one value per key "
@@ -114,35 +115,15 @@ def compose_preview(overrides: list[str]) -> DictConfig:
         try:
             return compose(config_name=CONFIG_NAME, overrides=overrides)
         except Exception as error:
-            raise UserError(describe_composition_error(error)) from None
-
-
-def describe_composition_error(error: BaseException) -> str:
-    """cli's one-line description, with the valid keys of the preview config rather than of train's schema."""
-    from augrun import cli
-
-    cause = error.__cause__ or error.__context__
-    while cause is not None and not getattr(cause, "full_key", None) and (cause.__cause__ or cause.__context__):
-        cause = cause.__cause__ or cause.__context__
-    key = getattr(cause, "full_key", None) if cause is not None else None
-    if key:
-        parent, _, name = key.rpartition(".")
-        valid = _valid_keys(parent)
-        if valid and name not in valid:
-            return f"{key}: unknown key; valid keys here: {', '.join(valid)}"
-    return cli.describe_composition_error(error)
+            raise UserError(describe_composition_error(error, _valid_keys)) from None
 
 
 def _valid_keys(parent: str) -> list[str]:
+    """The preview config's keys by section, for cli's one-line composition errors."""
     import dataclasses
     sections = {"": list(KEYS), "aug": [f.name for f in dataclasses.fields(AugConfig)],
                 "dataset": [f.name for f in dataclasses.fields(DatasetConfig)]}
     return sections.get(parent, [])
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- checking the config -----------------------------------------------------------------------------------------
@@ -155,7 +136,7 @@ def check_options(cfg: DictConfig) -> PreviewOptions:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation that cannot resolve
         key = getattr(error, "full_key", "") or ""
-        raise UserError(f"{key}: {_first_line(error)}" if key else _first_line(error)) from None
+        raise UserError(f"{key}: {first_line(error)}" if key else first_line(error)) from None
     plain.pop("hydra", None)
     for key in plain:
         if key not in KEYS:
@@ -244,7 +225,7 @@ def _typed_section(name: str, section: Any, schema: type) -> DictConfig:
         valid = _valid_keys(name)
         if key and "." not in key and key not in valid:
             raise ConfigError(f"{name}.{key}", f"unknown key; valid keys here: {', '.join(valid)}") from None
-        raise ConfigError(f"{name}.{key}" if key else name, _first_line(error)) from None
+        raise ConfigError(f"{name}.{key}" if key else name, first_line(error)) from None
 
 
 # --- images ------------------------------------------------------------------------------------------------------
@@ -261,7 +242,7 @@ def read_image(path: Path) -> torch.Tensor:
             image = image.convert("L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
             pixels = np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ConfigError("image", f"cannot decode {path} ({_first_line(error)}); valid: an image file "
+        raise ConfigError("image", f"cannot decode {path} ({first_line(error)}); valid: an image file "
                           "(PNG, JPEG, BMP, ...)") from None
     tensor = torch.from_numpy(pixels.copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
@@ -287,7 +268,7 @@ def augmented_copies(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend
                 try:
                     ops.append(GPU_OPS[spec.name](**spec.kwargs))
                 except (TypeError, ValueError) as error:
-                    raise ConfigError(spec.key, _first_line(error)) from None
+                    raise ConfigError(spec.key, first_line(error)) from None
             generator = torch.Generator().manual_seed(derive_seed(seed, "preview"))
             batch = GpuPipeline(ops)(to_float(image.unsqueeze(0).repeat(count, 1, 1, 1)), generator)
             return list(batch.clamp(0, 1).unbind(0))
@@ -306,7 +287,7 @@ def augmented_copies(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend
         return copies
     except (ValueError, RuntimeError) as error:  # e.g. a crop larger than the (padded) image
         size = "x".join(map(str, image.shape[-2:]))
-        raise ConfigError("aug.train", f"cannot apply the pipeline to the {size} image: {_first_line(error)}") from None
+        raise ConfigError("aug.train", f"cannot apply the pipeline to the {size} image: {first_line(error)}") from None
 
 
 def render_grid(images: list[torch.Tensor], path: Path, *, rows: int, cols: int, scale: float,
@@ -375,7 +356,7 @@ def _render(images, options: PreviewOptions, titles) -> Path:
         return render_grid(images, options.out, rows=options.rows, cols=options.cols, scale=options.scale,
                            titles=titles)
     except OSError as error:
-        raise ConfigError("out", f"cannot write {options.out} ({error.strerror or _first_line(error)}); valid: a path "
+        raise ConfigError("out", f"cannot write {options.out} ({error.strerror or first_line(error)}); valid: a path "
                           "in a writable directory") from None
 
 
