@@ -200,6 +200,9 @@ def train_task(cfg: DictConfig) -> None:
     from augrun.checkpoint import CheckpointError
     from augrun.data import DataError
 
+    signals = trainer.SignalFlag.installed()
+    if signals.signum is not None:  # stopped between two sweep jobs: start no more
+        sys.exit(signals.status)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

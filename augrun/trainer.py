@@ -97,12 +97,24 @@ def run(prepared: Prepared) -> None:
 # --- inside each process -------------------------------------------------------------------------------------------
 
 class SignalFlag:
-    """Remembers SIGINT/SIGTERM so the loop can finish its step, checkpoint and leave with the conventional status."""
+    """Remembers SIGINT/SIGTERM so the loop can finish its step, checkpoint and leave with the conventional status.
+
+    One per process, installed once: a signal that lands between two sweep jobs, or while an epoch is evaluated,
+    must still stop the run at the next check instead of being lost with a job's own handler.
+    """
+
+    _instance: SignalFlag | None = None
 
     def __init__(self):
         self.signum: int | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
+
+    @classmethod
+    def installed(cls) -> SignalFlag:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
@@ -163,7 +175,7 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     cfg, t = p.cfg, p.cfg.trainer
     is_main = rank == 0
-    flag = SignalFlag()
+    flag = SignalFlag.installed()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
     elif world > 1:  # ranks sharing the CPU: more threads than cores would make them fight
@@ -213,6 +225,12 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
                 "records": records, "total_seconds": total_seconds, "config": p.config_dict,
                 "rng": checkpoint.rng_states()}, p.run_dir / checkpoint.CHECKPOINT)
 
+    def stop(where: str) -> None:
+        if is_main:
+            console.note(f"stopped by signal {flag.signum} {where}; checkpoint saved. Resume with the same overrides "
+                         f"plus: hydra.run.dir={p.run_dir} resume=true")
+        raise StopRun(flag.status)
+
     progress_every = max(1, steps // t.progress_updates)
     checks = 0
 
@@ -245,10 +263,7 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
         if not finished:
             total_seconds += time.perf_counter() - began
             save(epoch, state)
-            if is_main:
-                console.note(f"stopped by signal {flag.signum} at epoch {epoch}, step {state.next_step}; checkpoint "
-                             f"saved. Resume with the same overrides plus: hydra.run.dir={p.run_dir} resume=true")
-            raise StopRun(flag.status)
+            stop(f"at epoch {epoch}, step {state.next_step}")
         loss, correct, count = distributed.all_reduce_sum(state.sums).tolist()
         test_acc = evaluate(wrapped, test_batches.epoch(epoch), amp_dtype=amp_dtype, device=device)
         total_seconds += time.perf_counter() - began
@@ -264,6 +279,8 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
             if tensorboard is not None:
                 tensorboard.log(record)
             _draw_curves(records, p.run_dir, t.epochs)
+        if epoch < t.epochs and distributed.any_rank(flag.signum is not None, device):  # a signal during evaluation
+            stop(f"after epoch {epoch}")
 
     if is_main:
         examples = sum(r["examples_per_s"] * r["seconds"] for r in records)
