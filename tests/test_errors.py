@@ -28,6 +28,8 @@ CONFIG_ERRORS = {
     "negative lr": (["optim.lr=-0.1"], "optim.lr: got -0.1"),
     "missing device index": (["trainer.devices=[7]"], "trainer.devices: GPU index [7] does not exist"),
     "bad backend": (["aug.backend=tpu"], "aug.backend: got 'tpu'; valid: auto, cpu, gpu"),
+    "gpu backend lacking an op": (["aug.backend=gpu", "+aug.train.RandomRotation.degrees=10"],
+                                  "aug.backend: gpu has no version of RandomRotation"),
     "sweep without -m": (["seed=0,1"], "seed=0,1: a sweep needs -m"),
     "missing dataset, no network": (["dataset=cifar10", "dataset.root=nowhere", "dataset.download=false"],
                                     "dataset.root: nowhere/cifar-10-batches-py not found"),
