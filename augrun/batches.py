@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
+from augrun.augment.gpu import to_float
 from augrun.data import ImageData
 from augrun.seeding import derive_seed
 
@@ -146,7 +147,7 @@ class DeviceBatches:
         on_device = torch.cat(plan).to(self.finish.device).split([len(indices) for indices in plan])
         for step in range(start_step, len(plan)):
             indices = on_device[step]
-            images = self.images[indices].float().div_(255)
+            images = to_float(self.images[indices])  # bit-identical to the cpu backend's ToDtype(scale=True)
             if self.pipeline is not None:
                 # reseeded per step (a host-side call, no sync) so a resumed run draws what the original drew
                 self.generator.manual_seed(derive_seed(self.seed, "aug", epoch, step, self.rank))

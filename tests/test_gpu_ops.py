@@ -599,6 +599,7 @@ def test_mix_ops_accept_soft_labels_and_check_arguments():
 # --- CUDA: same ops on device tensors, without host synchronisation ------------------------------------------
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_ops_run_without_host_sync():
     device = torch.device("cuda")
