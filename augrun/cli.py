@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,6 +82,8 @@ def describe_composition_error(error: BaseException, schema_fields=None) -> str:
 
 
 def _explain_omegaconf(error: BaseException, schema_fields=None) -> str:
+    if type(error).__name__ == "MissingMandatoryValue":
+        return f"required, and not set; valid: {error.full_key}=<value> on the command line"
     parent, _, name = error.full_key.rpartition(".")
     valid = (schema_fields or _schema_fields)(parent)
     if valid and name not in valid:

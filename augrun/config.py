@@ -30,7 +30,7 @@ class AugConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "data/"
+    root: str = MISSING
     download: bool = True
     image_size: int = 32
     channels: int = 3

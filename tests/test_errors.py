@@ -33,6 +33,7 @@ CONFIG_ERRORS = {
     "sweep without -m": (["seed=0,1"], "seed=0,1: a sweep needs -m"),
     "missing dataset, no network": (["dataset=cifar10", "dataset.root=nowhere", "dataset.download=false"],
                                     "dataset.root: nowhere/cifar-10-batches-py not found"),
+    "imagefolder without a root": (["dataset=imagefolder"], "dataset.root: required, and not set"),
     "resume without checkpoint": (["resume=true", "hydra.run.dir=empty_run"], "resume: no checkpoint.pt in empty_run"),
 }
 if not torch.cuda.is_available():
