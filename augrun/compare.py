@@ -44,6 +44,12 @@ CSV_COLUMNS = (
 MAX_ERROR_CHARS = 200
 
 
+def table_console() -> Console:
+    """A console for the wide comparison table: rich would fold it into 80 columns when output goes to a file or pipe."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 class CompareError(ValueError):
     """Bad input to the comparison (no runs where runs were expected); the message is one line for the user."""
 
@@ -493,7 +499,7 @@ def compare_command(argv: list[str]) -> None:
         return
     try:
         paths, out = _parse_compare_args(argv)
-        compare_paths(paths, out, Console())
+        compare_paths(paths, out, table_console())
     except (CompareError, OSError) as e:  # OSError: an unwritable --out directory, a file vanishing mid-read
         print(f"augrun: error: {_one_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -537,7 +543,7 @@ class SweepReport(Callback):
             Console(stderr=True).print(message, highlight=False, markup=False, soft_wrap=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._report(config, Console())
+        self._report(config, table_console())
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
