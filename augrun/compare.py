@@ -13,7 +13,6 @@ import json
 import math
 import re
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -501,8 +500,8 @@ def compare_command(argv: list[str]) -> None:
         paths, out = _parse_compare_args(argv)
         compare_paths(paths, out, table_console())
     except (CompareError, OSError) as e:  # OSError: an unwritable --out directory, a file vanishing mid-read
-        print(f"augrun: error: {_one_line(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        from augrun.cli import fail
+        fail(_one_line(e))
 
 
 # ---------------------------------------------------------------- Hydra callback

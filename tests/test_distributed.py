@@ -95,7 +95,6 @@ def test_joblib_launcher_runs_sweep_jobs_in_parallel(workdir: Path):
 
 def test_submitit_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from conftest import compose_train
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     GlobalHydra.instance().clear()
