@@ -38,3 +38,18 @@ def test_gpu_backend_trains_on_cpu_tensors(workdir: Path):
     (record,) = read_metrics(workdir / "run")
     assert record["examples_per_s"] * record["seconds"] == pytest.approx(320)
     assert "examples/sec on ['cpu']" in result.stdout
+
+
+def test_cpu_backend_draws_per_image_and_epoch_not_per_worker():
+    import torch
+    from augrun.augment.cpu import build_train_transform
+    from augrun.batches import AugmentedImages
+    from augrun.data import make_synthetic
+    data = make_synthetic(image_size=32, channels=3, num_classes=4, train_size=8, test_size=4).train
+    images = AugmentedImages(data, build_train_transform(FLIP_COLOR_CROP), seed=0)
+    first, _ = images[(1, 3)]
+    torch.manual_seed(123)  # whatever the worker's own RNG state was
+    again, _ = images[(1, 3)]
+    assert torch.equal(first, again)  # (seed, epoch, index) alone decides the draws
+    assert not torch.equal(first, images[(2, 3)][0])  # a new epoch draws anew
+    assert not torch.equal(first, AugmentedImages(data, build_train_transform(FLIP_COLOR_CROP), seed=1)[(1, 3)][0])
