@@ -75,3 +75,13 @@ def test_summed_loss_is_logged_per_image_like_the_book(workdir: Path):
     mean = train_in_process(workdir / "mean", "trainer.workers=0")
     summed = train_in_process(workdir / "sum", "trainer.workers=0", "trainer.loss_reduction=sum")
     assert summed[0]["train_loss"] == pytest.approx(mean[0]["train_loss"], abs=1e-3)
+
+
+def test_help_and_cfg_job_work_as_in_any_hydra_app(workdir: Path):
+    usage = run_augrun("--help", cwd=workdir)
+    assert usage.returncode == 0 and all(f"\n  {c} " in usage.stdout for c in ("train", "preview", "compare"))
+    config = run_augrun("train", "--cfg", "job", *SMOKE, cwd=workdir)
+    assert config.returncode == 0 and "name: synthetic" in config.stdout and "name: small_cnn" in config.stdout
+    groups = run_augrun("train", "--help", cwd=workdir)
+    assert groups.returncode == 0 and "aug: augmix, autoaugment, brightness" in groups.stdout
+    assert not (workdir / "outputs").exists()  # printing runs nothing
