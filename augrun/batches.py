@@ -143,8 +143,11 @@ class DeviceBatches:
         plan = epoch_plan(len(self.labels), epoch=epoch, **self.plan_args)
         if not plan:
             return
-        # one host-to-device copy of the epoch's indices, instead of one per step
-        on_device = torch.cat(plan).to(self.finish.device).split([len(indices) for indices in plan])
+        # one host-to-device copy of the epoch's indices, instead of one per step; pinned, so it does not wait for the GPU
+        indices = torch.cat(plan)
+        if self.finish.device.type == "cuda":
+            indices = indices.pin_memory()
+        on_device = indices.to(self.finish.device, non_blocking=True).split([len(step) for step in plan])
         for step in range(start_step, len(plan)):
             indices = on_device[step]
             images = to_float(self.images[indices])  # bit-identical to the cpu backend's ToDtype(scale=True)
