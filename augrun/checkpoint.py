@@ -1,14 +1,14 @@
 """checkpoint.pt: written to a temporary file and renamed, so a kill at any instant leaves the previous one intact."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from augrun.files import atomic_open
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -18,20 +18,13 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write next to the target, fsync, then rename: the rename is atomic, so readers see the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Written beside the target, synced, then renamed: a kill or a full disk keeps the previous checkpoint."""
     try:
-        with os.fdopen(fd, "wb") as file:
+        with atomic_open(path, "wb", fsync=True) as file:
             torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)  # disk full or killed: drop the partial file, keep the old checkpoint
-        if isinstance(error, Exception):  # torch reports a full disk as a RuntimeError from its zip writer
-            reason = " ".join(str(error).split()) or type(error).__name__
-            raise OSError(f"could not write {path} ({reason}); the previous checkpoint is kept") from None
-        raise
+    except Exception as error:  # torch reports a full disk as a RuntimeError from its zip writer
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise OSError(f"could not write {path} ({reason}); the previous checkpoint is kept") from None
 
 
 def load(path: Path) -> dict[str, Any]:

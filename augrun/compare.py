@@ -26,7 +26,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from augrun.curves import atomic_open, integer_epochs, save_figure
+from augrun.curves import integer_epochs, save_figure
+from augrun.files import write_text_atomic
 
 BASELINE_KEY, BASELINE_VALUE = "aug", "none"
 SEED_KEY = "seed"
@@ -420,20 +421,14 @@ def _figure(report: Report) -> Figure:
     return fig
 
 
-def _write_text(path: Path, text: str) -> None:
-    # Atomic like the figure: the report is rewritten after each job while a user may have it open.
-    with atomic_open(path, "w") as f:
-        f.write(text)
-
-
 def write_report(runs: list[RunResult], out_dir: Path) -> Report:
     """Write comparison.md, comparison.csv and comparison.png to ``out_dir``; the same runs give the same files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(runs)
     md, csv_path, png = out_dir / "comparison.md", out_dir / "comparison.csv", out_dir / "comparison.png"
-    _write_text(md, _markdown(report))
-    _write_text(csv_path, _csv(report))
+    write_text_atomic(md, _markdown(report))
+    write_text_atomic(csv_path, _csv(report))
     save_figure(_figure(report), png)
     report.files = [md, csv_path, png]
     return report

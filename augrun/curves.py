@@ -7,38 +7,17 @@ fails on headless machines. A bare ``Figure`` needs no display and is freed when
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from augrun.files import atomic_open
+
 # The book's legend and line formats: Animator(legend=['train loss', 'train acc', 'test acc'],
 # fmts=('-', 'm--', 'g-.')).
 CURVES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("test_acc", "test acc", "g-."))
-
-
-@contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path`` and rename it over ``path`` on success: a viewer re-reading the file mid-write
-    sees the old or the new content, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename on one filesystem (atomic), not a copy. open(..., "x") rather than
-    # mkstemp: mkstemp makes the file 0600, and the report must keep the user's umask like any other output.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:

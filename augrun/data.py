@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from augrun.files import atomic_open
 from augrun.seeding import derive_seed
 
 
@@ -234,10 +233,9 @@ def _cached_decode(root: Path, split: str, files: dict[str, list[Path]], image_s
         cache_dir.mkdir(exist_ok=True)
         for stale in cache_dir.glob(f"{split}-{image_size}-*.pt"):
             stale.unlink()
-        with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as tmp:
-            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, tmp)
-        os.replace(tmp.name, cache)
-    except OSError:
+        with atomic_open(cache) as file:
+            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, file)
+    except (OSError, RuntimeError):  # RuntimeError: torch's writer on a full disk
         pass  # a read-only dataset folder still works, it is just decoded every time
     return data
 

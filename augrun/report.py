@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from augrun.files import write_text_atomic
+
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "examples_per_s"]
 COLUMNS = [("epoch", "{:d}"), ("train_loss", "{:.4f}"), ("train_acc", "{:.4f}"), ("test_acc", "{:.4f}"),
            ("lr", "{:.3g}"), ("seconds", "{:.1f}"), ("examples_per_s", "{:.1f}")]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class MetricsFiles:
