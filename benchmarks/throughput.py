@@ -7,6 +7,8 @@ For each pipeline (`flip_only`, `flip_color_crop`) and batch size it measures im
          fp32, NCHW, cudnn.benchmark off
   b      augrun's gpu backend: uint8 data resident on the device, per-sample batched aug (DeviceBatches + GpuPipeline),
          bf16 autocast, channels_last and cudnn.benchmark on CUDA (fp32 on CPU, as precision=auto); --compile: compiled
+  b1     (CUDA only) b with each batch made on the training stream, not one step ahead on a side stream: what the
+         side stream buys
   c      the model step alone on one resident, already augmented batch (the ceiling for b; same model and settings as b)
   aug    GpuPipeline alone on a resident float batch (no model)
   feed   DeviceBatches alone: index + aug + finish, no model
@@ -230,10 +232,10 @@ def new_model(name: str, device: torch.device, *, channels_last: bool) -> nn.Mod
 
 
 def device_batches(data: ImageData, pipeline: GpuPipeline | None, device: torch.device, batch: int, *,
-                   channels_last: bool) -> DeviceBatches:
+                   channels_last: bool, overlap: bool = True) -> DeviceBatches:
     finish = BatchFinisher(device=device, mean=None, std=None, channels_last=channels_last, seed=SEED)
     return DeviceBatches(data, pipeline, finish, batch_size=batch, seed=SEED, rank=0, world_size=1, shuffle=True,
-                         drop_last=True)
+                         drop_last=True, overlap=overlap)
 
 
 # --- the a/b/c table ------------------------------------------------------------------------------------------------
@@ -303,6 +305,9 @@ def measure_row(args, device: torch.device, clock: Clock, host: ImageData, resid
         "aug": (aug_block, batch),
         "feed": (feed_block, batch),
     }
+    if cuda:
+        source_b1 = forever(device_batches(resident, pipeline, device, batch, channels_last=True, overlap=False))
+        variants["b1"] = (lambda n: fast.block(source_b1, n), batch)
     row.update(time_blocks(clock, variants, warmup=args.warmup, repeats=args.repeats, steps=args.steps))
     row["b/a"] = row["b"]["median"] / row["a"]["median"]
     row["b/c"] = row["b"]["median"] / row["c"]["median"]
@@ -420,11 +425,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-MAIN_HEADER = ["pipeline @ batch", "a book/s", "b gpu/s", "c model/s", "aug-only/s", "feed/s", "b/a", "b/c"]
+MAIN_HEADER = ["pipeline @ batch", "a book/s", "b gpu/s", "b1 no side stream/s", "c model/s", "aug-only/s", "feed/s",
+               "b/a", "b/c"]
 
 
 def main_row(r: dict) -> list[str]:
-    return [f"{r['pipeline']} @ {r['batch']}", fmt(r["a"]["median"]), fmt(r["b"]["median"]), fmt(r["c"]["median"]),
+    b1 = fmt(r["b1"]["median"]) if "b1" in r else "-"
+    return [f"{r['pipeline']} @ {r['batch']}", fmt(r["a"]["median"]), fmt(r["b"]["median"]), b1, fmt(r["c"]["median"]),
             fmt(r["aug"]["median"]), fmt(r["feed"]["median"]), f"{r['b/a']:.2f}", f"{r['b/c']:.2f}"]
 
 
@@ -469,6 +476,7 @@ def metadata(args, device: torch.device) -> dict:
             "b": "gpu backend (DeviceBatches + GpuPipeline) + train step" + (
                 ", bf16 autocast, channels_last, cudnn.benchmark" if cuda else ", fp32 (precision=auto on CPU)")
                  + (f", torch.compile(mode={args.compile_mode})" if args.compile else ", eager"),
+            "b1": "b with each batch made on the training stream (no side stream), CUDA only",
             "c": "the same train step as b on one resident, already augmented batch (the ceiling)",
             "aug": "GpuPipeline alone on a resident float batch",
             "feed": "DeviceBatches alone (index, float, aug, finish), no model",

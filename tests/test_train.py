@@ -85,3 +85,20 @@ def test_help_and_cfg_job_work_as_in_any_hydra_app(workdir: Path):
     groups = run_augrun("train", "--help", cwd=workdir)
     assert groups.returncode == 0 and "aug: augmix, autoaugment, brightness" in groups.stdout
     assert not (workdir / "outputs").exists()  # printing runs nothing
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("overrides", [
+    ["aug=flip_color_crop"],  # auto -> gpu backend, bf16, channels_last, the side stream
+    ["aug.backend=cpu", "trainer.strategy=dp", "trainer.precision=fp32", "trainer.channels_last=false"],  # the book's path
+], ids=["gpu-backend", "book-path"])
+def test_trains_on_cuda(workdir: Path, overrides: list[str]):
+    result = run_augrun("train", *SMOKE, "trainer.devices=cuda", "trainer.epochs=3", "dataset.train_size=640",
+                        "optim.lr=0.01", "hydra.run.dir=run", *overrides, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    records = read_metrics(workdir / "run")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(r["examples_per_s"] * r["seconds"] == pytest.approx(640) for r in records)
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert json.loads((workdir / "run" / "summary.json").read_text())["devices"] == ["cuda:0"]
