@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -241,23 +243,37 @@ def _cached_decode(root: Path, split: str, files: dict[str, list[Path]], image_s
 
 
 def _decode(files: dict[str, list[Path]], image_size: int) -> ImageData:
+    paths = [path for class_paths in files.values() for path in class_paths]
+    labels = np.repeat(np.arange(len(files), dtype=np.int64), [len(class_paths) for class_paths in files.values()])
+    chunks = [(paths[i:i + _DECODE_CHUNK], image_size) for i in range(0, len(paths), _DECODE_CHUNK)]
+    processes = min(16, os.cpu_count() or 1, len(chunks))
+    if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # small images cost more in Python calls than in decoding, which threads cannot share: processes can
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            parts = pool.map(_decode_chunk, chunks)
+    else:
+        parts = [_decode_chunk(chunk) for chunk in chunks]
+    images = np.concatenate(parts) if parts else np.empty((0, image_size, image_size, 3), dtype=np.uint8)
+    return ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), list(files))
+
+
+_DECODE_CHUNK = 1024  # images per task of the decoding processes
+
+
+def _decode_chunk(chunk: tuple[list[Path], int]) -> np.ndarray:
+    paths, image_size = chunk
+    return np.stack([_read_image(path, image_size) for path in paths])
+
+
+def _read_image(path: Path, image_size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    count = sum(len(paths) for paths in files.values())
-    images = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
-    labels = np.empty(count, dtype=np.int64)
-    i = 0
-    for label, paths in enumerate(files.values()):
-        for path in paths:
-            try:
-                with Image.open(path) as image:
-                    image = image.convert("RGB")
-                    if image.size != (image_size, image_size):
-                        image = image.resize((image_size, image_size), Image.BILINEAR)
-                    images[i] = np.asarray(image)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-                raise DataError(f"dataset.root: cannot decode {path} ({error}); remove it or replace it with a valid "
-                                "image (PNG, JPEG, BMP, ...)") from None
-            labels[i] = label
-            i += 1
-    return ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), list(files))
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"dataset.root: cannot decode {path} ({error}); remove it or replace it with a valid "
+                        "image (PNG, JPEG, BMP, ...)") from None

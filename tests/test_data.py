@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -524,6 +525,21 @@ def test_truncated_image(tmp_path, suffix, fmt):
     with pytest.raises(DataError) as error:
         load_image_folder(tmp_path, image_size=32)
     assert_one_line_naming(error, path)
+
+
+def test_decoding_in_processes_gives_the_serial_result_and_names_a_bad_file(tmp_path, monkeypatch):
+    write_image_folder(tmp_path)
+    serial = load_image_folder(tmp_path, image_size=32)
+    shutil.rmtree(tmp_path / ".augrun-cache")
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 2)  # 4 chunks of train images: the process pool decodes them
+    parallel = load_image_folder(tmp_path, image_size=32)
+    for a, b in ((serial.train, parallel.train), (serial.test, parallel.test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
+    bad = tmp_path / "train" / "dog" / "9.png"  # in the last chunk, decoded by another process
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError) as error:
+        load_image_folder(tmp_path, image_size=32)
+    assert_one_line_naming(error, bad)
 
 
 def test_classes_differ_between_train_and_test(tmp_path):
