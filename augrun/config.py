@@ -76,6 +76,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     label_smoothing: float = 0.0
+    tta: str = "none"
     loss_reduction: str = "mean"
     progress_updates: int = 10
 
@@ -102,6 +103,7 @@ CHOICES = {
     "trainer.strategy": ("ddp", "dp"),
     "trainer.precision": ("auto", "fp32", "bf16"),
     "trainer.loss_reduction": ("mean", "sum"),
+    "trainer.tta": ("none", "flip"),
     "logger": ("none", "tensorboard"),
 }
 

@@ -85,14 +85,21 @@ def _raise_if_non_finite(first_bad_step: torch.Tensor, epoch: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, *, amp_dtype: torch.dtype | None, device: torch.device) -> float:
-    """Test accuracy over every rank's shard (each test image counted once)."""
+def evaluate(model: nn.Module, batches: Iterable, *, amp_dtype: torch.dtype | None, device: torch.device,
+             flip_tta: bool = False) -> dict[str, float]:
+    """Test accuracy over every rank's shard (each test image counted once): {"test_acc": ...}, and with `flip_tta`
+    also "test_acc_tta", scoring each image by the sum of its logits and its horizontal mirror's."""
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, correct with tta, images
     for images, labels in batches:
         with autocast(device, amp_dtype):
             logits = model(images)
+            if flip_tta:
+                sums[1] += count_correct(logits.float() + model(images.flip(-1)).float(), labels)
         sums[0] += count_correct(logits, labels)
-        sums[1] += labels.shape[0]
-    correct, count = distributed.all_reduce_sum(sums).tolist()
-    return correct / max(count, 1.0)
+        sums[2] += labels.shape[0]
+    correct, correct_tta, count = distributed.all_reduce_sum(sums).tolist()
+    accuracy = {"test_acc": correct / max(count, 1.0)}
+    if flip_tta:
+        accuracy["test_acc_tta"] = correct_tta / max(count, 1.0)
+    return accuracy

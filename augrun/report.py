@@ -15,8 +15,20 @@ from rich.table import Table
 from augrun.files import write_text_atomic
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "examples_per_s"]
-COLUMNS = [("epoch", "{:d}"), ("train_loss", "{:.4f}"), ("train_acc", "{:.4f}"), ("test_acc", "{:.4f}"),
-           ("lr", "{:.3g}"), ("seconds", "{:.1f}"), ("examples_per_s", "{:.1f}")]
+OPTIONAL_FIELDS = {"test_acc_tta": "test_acc"}  # logged only when enabled (trainer.tta), placed after the named field
+COLUMNS = {"epoch": "{:d}", "train_loss": "{:.4f}", "train_acc": "{:.4f}", "test_acc": "{:.4f}", "test_acc_tta": "{:.4f}",
+           "lr": "{:.3g}", "seconds": "{:.1f}", "examples_per_s": "{:.1f}"}
+# each row is printed as its own table, so a column's width must not depend on its value: lr can print as 3.16e-05
+MIN_WIDTH = {"lr": 8}
+
+
+def metric_fields(record: dict[str, Any]) -> list[str]:
+    """The fields of a metrics record, in file and table order."""
+    fields = list(METRIC_FIELDS)
+    for name, after in OPTIONAL_FIELDS.items():
+        if name in record:
+            fields.insert(fields.index(after) + 1, name)
+    return fields
 
 
 class MetricsFiles:
@@ -44,7 +56,7 @@ class MetricsFiles:
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=metric_fields(records[0] if records else {}), lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
         write_text_atomic(self.csv, buffer.getvalue())
@@ -61,7 +73,7 @@ class TensorBoardLog:
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
-        for name in METRIC_FIELDS[1:]:
+        for name in metric_fields(record)[1:]:
             self.writer.add_scalar(name, record[name], global_step=record["epoch"])
         self.writer.flush()
 
@@ -87,6 +99,8 @@ class RunConsole:
         self.rows_printed = 0
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
+        if not self.console.is_terminal:  # a log file gets the epoch rows, not a bar's redraws
+            return
         self.progress = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,
                                  transient=True)
@@ -105,17 +119,19 @@ class RunConsole:
 
     def epoch_row(self, record: dict[str, Any]) -> None:
         self.stop_progress()
-        table = Table(show_header=self.rows_printed == 0, box=None, pad_edge=False)
-        for name, _ in COLUMNS:
-            table.add_column(name, justify="right", min_width=max(len(name), 8))
-        table.add_row(*(fmt.format(record[name]) for name, fmt in COLUMNS))
+        table = Table(show_header=self.rows_printed == 0, box=None, pad_edge=False, collapse_padding=True)
+        names = metric_fields(record)
+        for name in names:
+            table.add_column(name, justify="right", min_width=max(len(name), MIN_WIDTH.get(name, 0)))
+        table.add_row(*(COLUMNS[name].format(record[name]) for name in names))
         self.console.print(table)
         self.rows_printed += 1
 
     def final_lines(self, record: dict[str, Any], examples_per_s: float, devices: list[str]) -> None:
         """The book's closing lines, in its format."""
+        tta = f" (with flip tta {record['test_acc_tta']:.3f})" if "test_acc_tta" in record else ""
         self.console.print(f"loss {record['train_loss']:.3f}, train acc {record['train_acc']:.3f}, "
-                           f"test acc {record['test_acc']:.3f}")
+                           f"test acc {record['test_acc']:.3f}{tta}")
         self.console.print(f"{examples_per_s:.1f} examples/sec on {devices}", highlight=False)
 
     def note(self, message: str) -> None:

@@ -1,6 +1,7 @@
 """Learning-rate schedules, optimizers, label smoothing and per-dataset normalisation, from the real configs."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -106,7 +107,7 @@ def test_schedule_config_reaches_the_scheduler(sched):
 
 
 def test_fast_experiment_schedule_over_its_real_step_count():
-    """experiment=fast on CIFAR-10: 50k / 512 -> 97 steps an epoch with compile's drop_last, 30 epochs."""
+    """experiment=fast on CIFAR-10: 50k / 512 -> 97 steps an epoch with compile's drop_last, 40 epochs."""
     cfg = to_train_config(compose_train("experiment=fast"))
     steps = 50_000 // cfg.trainer.batch_size
     optimizer = sgd(cfg.optim.lr)
@@ -168,6 +169,47 @@ def test_label_smoothing_reaches_the_loss(tmp_path: Path, monkeypatch):
           "trainer.workers=0", "dataset.train_size=64", "dataset.test_size=32", "trainer.batch_size=32"])
     assert [loss.label_smoothing for loss in built] == [0.1]
     assert len(read_metrics(run_dir)) == 1
+
+
+# --- flip test-time augmentation -------------------------------------------------------------------------------------
+
+class LeftHeavy(torch.nn.Module):
+    """Two classes on 1x2 images [a, b]: logits (2a, b). Mirroring swaps a and b, so plain and flip-tta predictions
+    differ in a way that can be worked out by hand."""
+
+    def forward(self, images):
+        a, b = images[:, 0, 0, 0], images[:, 0, 0, 1]
+        return torch.stack([2 * a, b], dim=1)
+
+
+def test_flip_tta_scores_the_sum_of_logits_of_image_and_mirror():
+    from augrun.engine import evaluate
+    pixels = [[0.1, 0.5], [0.5, 0.1], [0.3, 0.9], [0.2, 0.3], [0.1, 0.4]]
+    labels = torch.tensor([1, 0, 0, 0, 0])
+    # plain logits (2a, b): argmax 1, 0, 1, 0, 1 -> right on images 0, 1, 3
+    # tta logits (2a + 2b, b + a): class 0 for all five -> right on images 1, 2, 3, 4
+    images = torch.tensor(pixels).view(5, 1, 1, 2)
+    batches = [(images[:3], labels[:3]), (images[3:], labels[3:])]
+    device = torch.device("cpu")
+    assert evaluate(LeftHeavy(), batches, amp_dtype=None, device=device) == {"test_acc": 3 / 5}
+    assert evaluate(LeftHeavy(), batches, amp_dtype=None, device=device, flip_tta=True) == \
+        {"test_acc": 3 / 5, "test_acc_tta": 4 / 5}
+
+
+def test_flip_tta_is_logged_beside_test_acc(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # run_hydra replaces sys.argv
+    run_dir = tmp_path / "run"
+    main(["train", "experiment=smoke", f"hydra.run.dir={run_dir}", "trainer.tta=flip", "trainer.workers=0",
+          "dataset.train_size=64", "dataset.test_size=32", "trainer.batch_size=32"])
+    (record,) = read_metrics(run_dir)
+    assert 0 <= record["test_acc_tta"] <= 1
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[header.index("test_acc") + 1] == "test_acc_tta"
+    final = json.loads((run_dir / "summary.json").read_text())["final"]
+    assert final["test_acc_tta"] == record["test_acc_tta"] and final["test_acc"] == record["test_acc"]
+    with pytest.raises(ConfigError, match="trainer.tta: got 'mirror'; valid: none, flip"):
+        to_train_config(compose_train("trainer.tta=mirror"))
+    assert to_train_config(compose_train()).trainer.tta == "none"  # the book: off
 
 
 # --- per-dataset normalisation ------------------------------------------------------------------------------------
