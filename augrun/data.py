@@ -10,7 +10,9 @@ import hashlib
 import multiprocessing
 import os
 import pickle
+import signal
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,8 +251,13 @@ def _decode(files: dict[str, list[Path]], image_size: int) -> ImageData:
     processes = min(16, os.cpu_count() or 1, len(chunks))
     if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
         # small images cost more in Python calls than in decoding, which threads cannot share: processes can
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            parts = pool.map(_decode_chunk, chunks)
+        fork = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(processes, mp_context=fork, initializer=_decoder_signal_handlers) as pool:
+            try:
+                parts = list(pool.map(_decode_chunk, chunks))
+            except BaseException:  # a bad image or Ctrl-C: do not decode the remaining chunks first
+                pool.shutdown(cancel_futures=True)
+                raise
     else:
         parts = [_decode_chunk(chunk) for chunk in chunks]
     images = np.concatenate(parts) if parts else np.empty((0, image_size, image_size, 3), dtype=np.uint8)
@@ -258,6 +265,13 @@ def _decode(files: dict[str, list[Path]], image_size: int) -> ImageData:
 
 
 _DECODE_CHUNK = 1024  # images per task of the decoding processes
+
+
+def _decoder_signal_handlers() -> None:
+    """A forked decoding process inherits augrun's SIGTERM handler, which only sets a flag: then the pool could not
+    stop it. SIGTERM ends it again; Ctrl-C (SIGINT, sent to the whole process group) is left to the main process."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_chunk(chunk: tuple[list[Path], int]) -> np.ndarray:

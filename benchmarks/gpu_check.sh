@@ -1,30 +1,45 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (a copy of the repository root, no network, no /work/shared).
 #
-#   bash benchmarks/gpu_check.sh          # on the GPU machine; needs .whl/ (hydra-core, omegaconf, antlr4 wheels)
-#   bash benchmarks/gpu_check.sh --cpu    # the same steps on a CPU-only machine, benchmarks in --quick form
+#   bash benchmarks/gpu_check.sh [--cpu] [PART ...]
 #
-# Steps, each under `timeout`, all inside CHECK_BUDGET_S seconds (default 480): environment (nvidia-smi, torch),
-# install the wheels into /tmp/site + augrun in editable mode, GPU tests (pytest -m gpu), the throughput benchmark
-# (batch 256 and 1024, with --ddp-overhead), the same compiled (--compile), and a summary with the target verdicts.
-# Everything it prints goes to $OUT/gpu_check.log; JSON results to $OUT/throughput*.json; the summary to
-# $OUT/summary.txt. A failed or timed-out step is recorded and the next one still runs.
+# PARTs, run in this order (default: all four):
+#   tests       pytest -m gpu (the CUDA tests)
+#   throughput  benchmarks/throughput.py, eager: batch 256 and 1024, both pipelines, a/b/c + DDP(1 process) overhead
+#   fast        experiment=fast on the JPEG copy of CIFAR-10 (needs DATA_TAR), reported by benchmarks/recipe_report.py
+#   compile     throughput.py --compile at batch 1024 (b and c only: a was measured by `throughput`)
+# --cpu runs the same steps on a CPU-only machine, in --quick / tiny form.
+#
+# Set-up first (environment, wheels into SITE_DIR, augrun in editable mode), then each PART under `timeout`, all inside
+# CHECK_BUDGET_S seconds (default 560: the device tool's 600 s per call, less a margin). Everything printed goes to
+# $OUT/gpu_check.log; JSON results to $OUT/throughput*.json; the fast run to $OUT/fast/ (checkpoint removed); the
+# summary to $OUT/summary.txt. A failed or timed-out step is recorded and the next one still runs.
 #
 # Environment: OUT (results folder; the device tool sets it), PYTHON (default python3), WHEELS_DIR (default .whl),
-# SITE_DIR (default /tmp/site), CHECK_BUDGET_S (default 480).
+# SITE_DIR (default /tmp/site), DATA_TAR (default .devdata/cifar10-jpeg.tar.gz), CHECK_BUDGET_S (default 560).
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODE=gpu
-[[ "${1:-}" == "--cpu" ]] && MODE=cpu
+if [[ "${1:-}" == "--cpu" ]]; then
+    MODE=cpu
+    shift
+fi
+PARTS=("$@")
+((${#PARTS[@]})) || PARTS=(tests throughput fast compile)
+for part in "${PARTS[@]}"; do
+    [[ $part =~ ^(tests|throughput|fast|compile)$ ]] || { echo "unknown part '$part'; valid: tests throughput fast compile"; exit 2; }
+done
+wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/augrun-gpu-check}
 PY=${PYTHON:-python3}
 # a relative interpreter path (.venv/bin/python) must keep working after a `cd`; not realpath: a venv's python is a link
 [[ $PY == */* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 WHEELS_DIR=${WHEELS_DIR:-.whl}
 SITE_DIR=${SITE_DIR:-/tmp/site}
-BUDGET=${CHECK_BUDGET_S:-480}
+DATA_TAR=${DATA_TAR:-.devdata/cifar10-jpeg.tar.gz}
+BUDGET=${CHECK_BUDGET_S:-560}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
@@ -52,7 +67,7 @@ step() {
     return $rc
 }
 
-echo "augrun gpu_check ($MODE) in $ROOT, results in $OUT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "augrun gpu_check ($MODE: ${PARTS[*]}) in $ROOT, results in $OUT, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 # --- environment --------------------------------------------------------------------------------------------------
 if [[ $MODE == gpu ]]; then
@@ -84,35 +99,62 @@ print('cuda', torch.version.cuda, '| available', torch.cuda.is_available(),
 "
 
 # --- GPU tests ------------------------------------------------------------------------------------------------------
-step pytest-gpu 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ --junitxml="$OUT/pytest-gpu.xml"
-if (($? == 5)); then  # pytest: no test selected. The CUDA tests that exist may lack the marker: run them by name.
-    echo "no test carries the gpu marker: running the CUDA tests by name instead"
-    step pytest-cuda-by-name 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/ \
-        --junitxml="$OUT/pytest-cuda.xml"
+if wants tests; then
+    step pytest-gpu 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ --junitxml="$OUT/pytest-gpu.xml"
 fi
 
-# --- throughput -------------------------------------------------------------------------------------------------------
+# --- throughput, eager ------------------------------------------------------------------------------------------------
 if [[ $MODE == gpu ]]; then
-    BENCH=(--device cuda --batch-sizes 256 1024)
-    COMPILED=(--device cuda --batch-sizes 256 1024 --compile)
-    MAIN_CAP=150
+    EAGER=(--device cuda --batch-sizes 256 1024 --steps 12)
+    COMPILED=(--device cuda --batch-sizes 1024 --steps 12 --compile --skip-book)
 else
-    BENCH=(--quick --device cpu)
-    COMPILED=(--quick --device cpu --compile --pipelines flip_only --repeats 2)
-    MAIN_CAP=170
+    EAGER=(--quick --device cpu)
+    COMPILED=(--quick --device cpu --compile --skip-book --pipelines flip_only --repeats 2)
 fi
-step throughput "$MAIN_CAP" "$PY" benchmarks/throughput.py "${BENCH[@]}" --ddp-overhead --json "$OUT/throughput.json"
-step throughput-compile 300 "$PY" benchmarks/throughput.py "${COMPILED[@]}" --json "$OUT/throughput_compile.json"
+if wants throughput; then
+    step throughput 150 "$PY" benchmarks/throughput.py "${EAGER[@]}" --ddp-overhead --json "$OUT/throughput.json"
+fi
+
+# --- experiment=fast on the JPEG copy of CIFAR-10 ------------------------------------------------------------------------
+FAST_SECONDS=
+if wants fast; then
+    if [[ -f $DATA_TAR ]]; then
+        DATA_DIR=/tmp/augrun-data
+        mkdir -p "$DATA_DIR"
+        step extract-data 60 tar xzf "$DATA_TAR" -C "$DATA_DIR"
+        RECIPE=(experiment=fast dataset=imagefolder "dataset.root=$DATA_DIR/cifar10-jpeg"
+                "dataset.mean=[0.4914,0.4822,0.4465]" "dataset.std=[0.2470,0.2435,0.2616]")
+        # --cpu: the same command on a subset with a small model, to check the step itself
+        [[ $MODE == cpu ]] && RECIPE+=(model=small_cnn dataset.train_size=2000 dataset.test_size=1000 trainer.epochs=2
+                                       trainer.compile=false trainer.devices=cpu trainer.batch_size=256)
+        rm -rf "$OUT/fast"
+        t0=$SECONDS
+        step fast-recipe 210 "$PY" -m augrun train "${RECIPE[@]}" "hydra.run.dir=$OUT/fast"
+        FAST_SECONDS=$((SECONDS - t0))
+        rm -f "$OUT/fast/checkpoint.pt"  # ~90 MB of weights that nobody needs back
+    else
+        echo "=== fast: skipped, no $DATA_TAR (copy /work/shared/data/cifar10-jpeg.tar.gz there and carry .devdata)"
+        STEPS+=("fast: skipped (no data)")
+    fi
+fi
+
+# --- throughput, compiled -------------------------------------------------------------------------------------------------
+if wants compile; then
+    step throughput-compile 200 "$PY" benchmarks/throughput.py "${COMPILED[@]}" --json "$OUT/throughput_compile.json"
+fi
 
 # --- summary ----------------------------------------------------------------------------------------------------------
 {
-    echo "augrun gpu_check ($MODE), $(date -u +%Y-%m-%dT%H:%M:%SZ), ${SECONDS}s"
+    echo "augrun gpu_check ($MODE: ${PARTS[*]}), $(date -u +%Y-%m-%dT%H:%M:%SZ), ${SECONDS}s"
     printf '  %s\n' "${STEPS[@]}"
     JSONS=()
     for f in "$OUT/throughput.json" "$OUT/throughput_compile.json"; do [[ -f $f ]] && JSONS+=("$f"); done
     if ((${#JSONS[@]})); then
         timeout 30 "$PY" benchmarks/throughput.py --summarize "${JSONS[@]}"
-    else
-        echo "no throughput results"
+    fi
+    if [[ -d $OUT/fast ]]; then
+        echo
+        echo "== experiment=fast on the JPEG copy of CIFAR-10"
+        timeout 30 "$PY" benchmarks/recipe_report.py "$OUT/fast" --target 0.94 ${FAST_SECONDS:+--wall-seconds $FAST_SECONDS}
     fi
 } | tee "$OUT/summary.txt"

@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ddp-pipeline", choices=list(PIPELINES), default="flip_color_crop",
                         help="the pipeline of the --ddp-overhead section")
     parser.add_argument("--skip-main", action="store_true", help="skip the a/b/c table (e.g. with --ddp-overhead alone)")
+    parser.add_argument("--skip-book", action="store_true",
+                        help="skip a, the book's path (e.g. in a --compile run, when an eager run has measured it)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 20, --quick 2)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats; the median is reported (default 5; the book's path: at most 3 epochs)")
@@ -282,7 +284,8 @@ def measure_row(args, device: torch.device, clock: Clock, host: ImageData, resid
     pipeline = gpu_pipeline(specs)
     row: dict = {"pipeline": pipeline_name, "batch": batch}
     resident_batch = next(forever(device_batches(resident, pipeline, device, batch, channels_last=cuda)))
-    row["a"] = time_book_path(args, clock, host, specs, batch, book, resident_batch, pipeline_name, notes)
+    row["a"] = None if args.skip_book else time_book_path(args, clock, host, specs, batch, book, resident_batch,
+                                                          pipeline_name, notes)
 
     # b, c, aug, feed: interleaved rounds
     torch.backends.cudnn.benchmark = cuda
@@ -309,7 +312,7 @@ def measure_row(args, device: torch.device, clock: Clock, host: ImageData, resid
         source_b1 = forever(device_batches(resident, pipeline, device, batch, channels_last=True, overlap=False))
         variants["b1"] = (lambda n: fast.block(source_b1, n), batch)
     row.update(time_blocks(clock, variants, warmup=args.warmup, repeats=args.repeats, steps=args.steps))
-    row["b/a"] = row["b"]["median"] / row["a"]["median"]
+    row["b/a"] = None if row["a"] is None else row["b"]["median"] / row["a"]["median"]
     row["b/c"] = row["b"]["median"] / row["c"]["median"]
     return row
 
@@ -394,7 +397,7 @@ def evaluate_targets(args, results: dict) -> list[dict]:
 
     if cuda:
         for name, pipeline, batch, quantity, threshold in GPU_TARGETS:
-            if (pipeline, batch) in rows:
+            if (pipeline, batch) in rows and rows[(pipeline, batch)][quantity] is not None:
                 add(f"{pipeline}@{batch}: {name} ({quantity})", rows[(pipeline, batch)][quantity], threshold)
         if args.compile:
             h200 = "H200" in results["meta"]["device_name"]
@@ -405,6 +408,8 @@ def evaluate_targets(args, results: dict) -> list[dict]:
                         note="" if h200 else "the target is for an H200; this card is informational")
     else:
         for (pipeline, batch), row in rows.items():
+            if row["b/a"] is None:
+                continue
             add(f"{pipeline}@{batch}: gpu backend on CPU tensors no slower than the cpu backend, {args.model} (b/a)",
                 row["b/a"], 1.0, applies=args.model == "small_cnn",
                 note="" if args.model == "small_cnn" else "the CPU target is stated for small_cnn")
@@ -430,9 +435,11 @@ MAIN_HEADER = ["pipeline @ batch", "a book/s", "b gpu/s", "b1 no side stream/s",
 
 
 def main_row(r: dict) -> list[str]:
-    b1 = fmt(r["b1"]["median"]) if "b1" in r else "-"
-    return [f"{r['pipeline']} @ {r['batch']}", fmt(r["a"]["median"]), fmt(r["b"]["median"]), b1, fmt(r["c"]["median"]),
-            fmt(r["aug"]["median"]), fmt(r["feed"]["median"]), f"{r['b/a']:.2f}", f"{r['b/c']:.2f}"]
+    def median(name: str) -> str:
+        return fmt(r[name]["median"]) if r.get(name) else "-"
+
+    return [f"{r['pipeline']} @ {r['batch']}", *map(median, ("a", "b", "b1", "c", "aug", "feed")),
+            "-" if r["b/a"] is None else f"{r['b/a']:.2f}", f"{r['b/c']:.2f}"]
 
 
 DDP_HEADER = ["pipeline @ batch", "no wrapper/s", "DDP(1 proc)/s", "DDP/plain", "overhead"]

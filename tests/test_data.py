@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -537,9 +538,23 @@ def test_decoding_in_processes_gives_the_serial_result_and_names_a_bad_file(tmp_
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
     bad = tmp_path / "train" / "dog" / "9.png"  # in the last chunk, decoded by another process
     bad.write_bytes(b"not an image")
-    with pytest.raises(DataError) as error:
-        load_image_folder(tmp_path, image_size=32)
+    # as during training: SIGTERM only sets a flag, and the forked decoders inherit that handler; the pool must still
+    # stop them on the error. A hang fails the test after 60 s instead of stalling the suite.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: None)}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.alarm(60)
+    try:
+        with pytest.raises(DataError) as error:
+            load_image_folder(tmp_path, image_size=32)
+    finally:
+        signal.alarm(0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     assert_one_line_naming(error, bad)
+
+
+def _raise_timeout(signum, frame):
+    raise TimeoutError("decoding did not stop within 60 s")
 
 
 def test_classes_differ_between_train_and_test(tmp_path):
