@@ -12,8 +12,9 @@
 #
 # Set-up first (environment, wheels into SITE_DIR, augrun in editable mode), then each PART under `timeout`, all inside
 # CHECK_BUDGET_S seconds (default 560: the device tool's 600 s per call, less a margin). Everything printed goes to
-# $OUT/gpu_check.log; JSON results to $OUT/throughput*.json; the fast run to $OUT/fast/ (checkpoint removed); the
-# summary to $OUT/summary.txt. A failed or timed-out step is recorded and the next one still runs.
+# $OUT/gpu_check.log; JSON results to $OUT/throughput*.json; the fast run's metrics, summary and curves to $OUT/fast_*;
+# the summary to $OUT/summary.txt (7 files: the device tool brings back 8 at most). A failed or timed-out step is
+# recorded and the next one still runs.
 #
 # Environment: OUT (results folder; the device tool sets it), PYTHON (default python3), WHEELS_DIR (default .whl),
 # SITE_DIR (default /tmp/site), DATA_TAR (default .devdata/cifar10-jpeg.tar.gz), CHECK_BUDGET_S (default 560).
@@ -40,6 +41,8 @@ WHEELS_DIR=${WHEELS_DIR:-.whl}
 SITE_DIR=${SITE_DIR:-/tmp/site}
 DATA_TAR=${DATA_TAR:-.devdata/cifar10-jpeg.tar.gz}
 BUDGET=${CHECK_BUDGET_S:-560}
+FAST_DIR=/tmp/augrun-fast
+export PYTHONUNBUFFERED=1  # progress lines reach the log as they happen
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
@@ -100,7 +103,7 @@ print('cuda', torch.version.cuda, '| available', torch.cuda.is_available(),
 
 # --- GPU tests ------------------------------------------------------------------------------------------------------
 if wants tests; then
-    step pytest-gpu 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ --junitxml="$OUT/pytest-gpu.xml"
+    step pytest-gpu 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/
 fi
 
 # --- throughput, eager ------------------------------------------------------------------------------------------------
@@ -127,11 +130,12 @@ if wants fast; then
         # --cpu: the same command on a subset with a small model, to check the step itself
         [[ $MODE == cpu ]] && RECIPE+=(model=small_cnn dataset.train_size=2000 dataset.test_size=1000 trainer.epochs=2
                                        trainer.compile=false trainer.devices=cpu trainer.batch_size=256)
-        rm -rf "$OUT/fast"
+        rm -rf "$FAST_DIR"
         t0=$SECONDS
-        step fast-recipe 210 "$PY" -m augrun train "${RECIPE[@]}" "hydra.run.dir=$OUT/fast"
+        step fast-recipe 210 "$PY" -m augrun train "${RECIPE[@]}" "hydra.run.dir=$FAST_DIR"
         FAST_SECONDS=$((SECONDS - t0))
-        rm -f "$OUT/fast/checkpoint.pt"  # ~90 MB of weights that nobody needs back
+        # the device tool brings back at most 8 files: the run's metrics, summary and curves, not its checkpoint
+        for f in metrics.jsonl summary.json curves.png; do [[ -f $FAST_DIR/$f ]] && cp "$FAST_DIR/$f" "$OUT/fast_$f"; done
     else
         echo "=== fast: skipped, no $DATA_TAR (copy /work/shared/data/cifar10-jpeg.tar.gz there and carry .devdata)"
         STEPS+=("fast: skipped (no data)")
@@ -152,9 +156,9 @@ fi
     if ((${#JSONS[@]})); then
         timeout 30 "$PY" benchmarks/throughput.py --summarize "${JSONS[@]}"
     fi
-    if [[ -d $OUT/fast ]]; then
+    if [[ -d $FAST_DIR ]]; then
         echo
         echo "== experiment=fast on the JPEG copy of CIFAR-10"
-        timeout 30 "$PY" benchmarks/recipe_report.py "$OUT/fast" --target 0.94 ${FAST_SECONDS:+--wall-seconds $FAST_SECONDS}
+        timeout 30 "$PY" benchmarks/recipe_report.py "$FAST_DIR" --target 0.94 ${FAST_SECONDS:+--wall-seconds $FAST_SECONDS}
     fi
 } | tee "$OUT/summary.txt"
