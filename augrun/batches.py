@@ -153,10 +153,14 @@ class DeviceBatches:
         indices = torch.cat(plan)
         if self.finish.device.type == "cuda":
             indices = indices.pin_memory()
-        on_device = indices.to(self.finish.device, non_blocking=True).split([len(step) for step in plan])
+        on_device = indices.to(self.finish.device, non_blocking=True)
+        if self.side_stream is not None:
+            # read by batches made on the side stream: an epoch cut short (a signal) frees it while one may be pending
+            on_device.record_stream(self.side_stream)
+        per_step = on_device.split([len(step) for step in plan])
 
         def make(step: int) -> Batch:
-            return self._batch(on_device[step], epoch, step)
+            return self._batch(per_step[step], epoch, step)
 
         steps = range(start_step, len(plan))
         if self.side_stream is None:

@@ -77,6 +77,14 @@ def test_cuda_side_stream_gives_the_batches_of_the_plain_path(batch_ops):
     assert_same_batches(got, expected)
     assert_same_batches([(i.clone(), t.clone()) for i, t in overlapped.epoch(1, start_step=1)], expected[1:])
     assert expected[0][0].is_contiguous(memory_format=torch.channels_last)
+    # an epoch cut short (a stop signal) leaves a batch pending on the side stream: it must complete harmlessly
+    cut = overlapped.epoch(2)
+    next(cut)
+    cut.close()
+    torch.empty(1 << 20, device=device).fill_(-1)  # main-stream allocations that could reuse freed index memory
+    torch.cuda.synchronize()
+    assert_same_batches([(i.clone(), t.clone()) for i, t in overlapped.epoch(3)],
+                        [(i.clone(), t.clone()) for i, t in serial.epoch(3)])
 
 
 @pytest.mark.gpu
