@@ -74,7 +74,8 @@ class TensorBoardLog:
 
     def log(self, record: dict[str, Any]) -> None:
         for name in metric_fields(record)[1:]:
-            self.writer.add_scalar(name, record[name], global_step=record["epoch"])
+            if record[name] is not None:  # test metrics of an epoch without evaluation (trainer.eval_every)
+                self.writer.add_scalar(name, record[name], global_step=record["epoch"])
         self.writer.flush()
 
 
@@ -123,7 +124,7 @@ class RunConsole:
         names = metric_fields(record)
         for name in names:
             table.add_column(name, justify="right", min_width=max(len(name), MIN_WIDTH.get(name, 0)))
-        table.add_row(*(COLUMNS[name].format(record[name]) for name in names))
+        table.add_row(*("-" if record[name] is None else COLUMNS[name].format(record[name]) for name in names))
         self.console.print(table)
         self.rows_printed += 1
 

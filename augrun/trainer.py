@@ -266,8 +266,11 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
             save(epoch, state)
             stop(f"at epoch {epoch}, step {state.next_step}")
         loss, correct, count = distributed.all_reduce_sum(state.sums).tolist()
-        test = evaluate(wrapped, test_batches.epoch(epoch), amp_dtype=amp_dtype, device=device,
-                        flip_tta=t.tta == "flip")
+        if epoch % t.eval_every == 0 or epoch == t.epochs:
+            test = evaluate(wrapped, test_batches.epoch(epoch), amp_dtype=amp_dtype, device=device,
+                            flip_tta=t.tta == "flip")
+        else:
+            test = {"test_acc": None} | ({"test_acc_tta": None} if t.tta == "flip" else {})
         total_seconds += time.perf_counter() - began
         record = {"epoch": epoch, "train_loss": loss / count, "train_acc": correct / count, **test,
                   "lr": optimizer.param_groups[0]["lr"], "seconds": state.seconds,
@@ -303,6 +306,6 @@ def summary(status: str, records: list[dict[str, Any]], epochs: int, examples_pe
     return {
         "status": status, "epochs": epochs, "epochs_completed": len(records),
         "final": {k: last[k] for k in ("train_loss", "train_acc", "test_acc", "test_acc_tta") if k in last} or None,
-        "best_test_acc": max((r["test_acc"] for r in records), default=None),
+        "best_test_acc": max((r["test_acc"] for r in records if r["test_acc"] is not None), default=None),
         "examples_per_s": examples_per_s, "devices": devices, "total_seconds": total_seconds, "error": error,
     }

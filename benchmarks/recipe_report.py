@@ -16,8 +16,17 @@ import sys
 from pathlib import Path
 
 
+def number(value: float | None, width: int) -> str:
+    """An accuracy, or "-" for an epoch that was not evaluated (trainer.eval_every)."""
+    return f"{value:{width}.4f}" if value is not None else "-".rjust(width)
+
+
 def first_reaching(records: list[dict], key: str, target: float) -> dict | None:
     return next((r for r in records if r.get(key) is not None and r[key] >= target), None)
+
+
+def best(records: list[dict], key: str) -> float | None:
+    return max((r[key] for r in records if r.get(key) is not None), default=None)
 
 
 def report(run_dir: Path, target: float, wall_seconds: float | None) -> int:
@@ -34,16 +43,16 @@ def report(run_dir: Path, target: float, wall_seconds: float | None) -> int:
     for r in records:
         cumulative += r["seconds"]
         r["cumulative_seconds"] = cumulative
-        tta = f"  {r['test_acc_tta']:12.4f}" if has_tta else ""
-        print(f"{r['epoch']:5d}  {r['train_loss']:10.4f}  {r['train_acc']:9.4f}  {r['test_acc']:8.4f}{tta}  "
+        tta = f"  {number(r.get('test_acc_tta'), 12)}" if has_tta else ""
+        print(f"{r['epoch']:5d}  {r['train_loss']:10.4f}  {r['train_acc']:9.4f}  {number(r['test_acc'], 8)}{tta}  "
               f"{r['seconds']:7.2f}  {cumulative:12.1f}")
     for key in ("test_acc", "test_acc_tta") if has_tta else ("test_acc",):
         hit = first_reaching(records, key, target)
         print(f"{key} >= {target}: " + (f"first at epoch {hit['epoch']}, after {hit['cumulative_seconds']:.1f} s of training"
-                                        if hit else f"not reached (best {max(r[key] for r in records):.4f})"))
+                                        if hit else f"not reached (best {number(best(records, key), 0)})"))
     last = records[-1]
-    print(f"final (epoch {last['epoch']} of {summary.get('epochs', '?')}): test_acc {last['test_acc']:.4f}"
-          + (f", test_acc_tta {last['test_acc_tta']:.4f}" if has_tta else "")
+    print(f"final (epoch {last['epoch']} of {summary.get('epochs', '?')}): test_acc {number(last['test_acc'], 0)}"
+          + (f", test_acc_tta {number(last.get('test_acc_tta'), 0)}" if has_tta else "")
           + f"; status {summary.get('status', 'unknown (no summary.json)')}; devices {summary.get('devices')}")
     total = summary.get("total_seconds")
     print(f"time: training {cumulative:.1f} s, training + evaluation {total:.1f} s" if total is not None

@@ -241,8 +241,8 @@ def test_fast_experiment_is_the_documented_recipe():
     o, s, t = cfg.optim, cfg.sched, cfg.trainer
     assert (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 0.4, 0.9, True, 5e-4)
     assert (s.name, s.pct_start) == ("onecycle", 0.25)
-    assert (t.epochs, t.batch_size, t.precision, t.channels_last, t.compile, t.label_smoothing, t.tta) == \
-        (40, 512, "auto", True, True, 0.1, "flip")
+    assert (t.epochs, t.batch_size, t.precision, t.channels_last, t.compile, t.label_smoothing, t.tta, t.eval_every) == \
+        (40, 512, "auto", True, True, 0.1, "flip", 5)
     specs = parse_train_pipeline(cfg.aug.train)
     assert resolve_backend(cfg.aug.backend, specs, device_kind="cuda") == ("gpu", None)
     pipeline = gpu.GpuPipeline([gpu.GPU_OPS[s.name](**s.kwargs) for s in specs])

@@ -196,20 +196,35 @@ def test_flip_tta_scores_the_sum_of_logits_of_image_and_mirror():
         {"test_acc": 3 / 5, "test_acc_tta": 4 / 5}
 
 
-def test_flip_tta_is_logged_beside_test_acc(tmp_path: Path, monkeypatch):
+def test_flip_tta_and_eval_every_are_logged(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # run_hydra replaces sys.argv
     run_dir = tmp_path / "run"
-    main(["train", "experiment=smoke", f"hydra.run.dir={run_dir}", "trainer.tta=flip", "trainer.workers=0",
-          "dataset.train_size=64", "dataset.test_size=32", "trainer.batch_size=32"])
-    (record,) = read_metrics(run_dir)
-    assert 0 <= record["test_acc_tta"] <= 1
-    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    main(["train", "experiment=smoke", f"hydra.run.dir={run_dir}", "trainer.tta=flip", "trainer.eval_every=2",
+          "trainer.epochs=3", "trainer.workers=0", "dataset.train_size=64", "dataset.test_size=32",
+          "trainer.batch_size=32"])
+    records = read_metrics(run_dir)
+    # evaluated after epoch 2 (every 2nd) and epoch 3 (the last); epoch 1 logs null test metrics
+    assert [(r["test_acc"] is None, r["test_acc_tta"] is None) for r in records] == [(True, True), (False, False),
+                                                                                     (False, False)]
+    assert all(0 <= r["test_acc_tta"] <= 1 for r in records[1:])
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
     assert header[header.index("test_acc") + 1] == "test_acc_tta"
-    final = json.loads((run_dir / "summary.json").read_text())["final"]
-    assert final["test_acc_tta"] == record["test_acc_tta"] and final["test_acc"] == record["test_acc"]
+    assert rows[1].split(",")[header.index("test_acc")] == ""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["test_acc_tta"] == records[-1]["test_acc_tta"]
+    assert summary["best_test_acc"] == max(records[1]["test_acc"], records[2]["test_acc"])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    header = next(line for line in lines if line[:1] == ["epoch"])
+    first_row = next(line for line in lines if line[:1] == ["1"])
+    # the console's epoch-1 row has no test numbers
+    assert first_row[header.index("test_acc")] == first_row[header.index("test_acc_tta")] == "-"
     with pytest.raises(ConfigError, match="trainer.tta: got 'mirror'; valid: none, flip"):
         to_train_config(compose_train("trainer.tta=mirror"))
-    assert to_train_config(compose_train()).trainer.tta == "none"  # the book: off
+    with pytest.raises(ConfigError, match="trainer.eval_every: got 0; must be >= 1"):
+        to_train_config(compose_train("trainer.eval_every=0"))
+    book = to_train_config(compose_train()).trainer
+    assert (book.tta, book.eval_every) == ("none", 1)  # the book: no tta, a test accuracy every epoch
 
 
 # --- per-dataset normalisation ------------------------------------------------------------------------------------
