@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from augrun.augment.gpu import to_float
-from augrun.data import ImageData
+from augrun.data import DataError, ImageData
 from augrun.seeding import derive_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -120,6 +120,16 @@ class WorkerBatches:
             labels = labels.to(self.finish.device, non_blocking=True)
             # the workers already normalised (torchvision Normalize is part of their transform)
             yield self.finish(images, labels, epoch=epoch, step=step, normalize=False)
+
+
+def check_fits_on_device(nbytes: int, free_bytes: int, device: str) -> None:
+    """The gpu backend keeps the whole dataset on the device: refuse, in one line, a dataset that would leave less than
+    a tenth of the free memory for the model, instead of failing later with an out-of-memory error."""
+    if nbytes > 0.9 * free_bytes:
+        gib = 2.0 ** 30
+        raise DataError(f"aug.backend=gpu: the dataset ({nbytes / gib:.1f} GiB as uint8) does not fit in {device}'s free "
+                        f"memory ({free_bytes / gib:.1f} GiB); valid: aug.backend=cpu, or a smaller dataset.image_size "
+                        "or dataset.train_size")
 
 
 class DeviceBatches:

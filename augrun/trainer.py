@@ -19,7 +19,7 @@ from torch import nn
 from augrun import checkpoint, distributed
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
-from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches
+from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
 from augrun.config import ConfigError, TrainConfig
 from augrun.data import DataSplits, load_dataset
 from augrun.engine import EpochState, evaluate, train_one_epoch
@@ -136,6 +136,9 @@ def _batch_sources(p: Prepared, *, rank: int, world: int, device: torch.device, 
     shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     if p.backend == "gpu":
         from augrun.augment.gpu import GPU_OPS, GpuPipeline
+        if device.type == "cuda":
+            nbytes = sum(part.images.nbytes + part.labels.nbytes for part in (data.train, data.test))
+            check_fits_on_device(nbytes, torch.cuda.mem_get_info(device)[0], str(device))
         pipeline = GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in p.train_ops]) if p.train_ops else None
         train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, **shared)
         test = DeviceBatches(data.test, None, finish_test, shuffle=False, **shared)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from augrun.augment.gpu import ColorJitter, GpuPipeline, MixUp, RandomHorizontalFlip, RandomResizedCrop
-from augrun.batches import BatchFinisher, DeviceBatches, epoch_plan
-from augrun.data import make_synthetic
+from augrun.batches import BatchFinisher, DeviceBatches, check_fits_on_device, epoch_plan
+from augrun.data import DataError, make_synthetic
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -57,6 +57,15 @@ def test_batches_are_seeded_per_step_so_a_resumed_epoch_continues_exactly():
     assert list(batches.epoch(2, start_step=4)) == []
     assert all(images.dtype == torch.float32 and images.shape[1:] == (3, 32, 32) for images, _ in whole)
     assert not torch.equal(whole[0][0], next(iter(batches.epoch(3)))[0])
+
+
+def test_a_dataset_too_large_for_the_device_is_refused_in_one_line():
+    check_fits_on_device(900, 1000, "cuda:0")  # leaves a tenth free: fine
+    with pytest.raises(DataError) as error:
+        check_fits_on_device(3 * 2**30, 2 * 2**30, "cuda:1")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("aug.backend=gpu: the dataset (3.0 GiB as uint8)")
+    assert "cuda:1's free memory (2.0 GiB)" in message and "valid: aug.backend=cpu" in message
 
 
 @pytest.mark.gpu
