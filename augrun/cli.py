@@ -222,7 +222,7 @@ def train_task(cfg: DictConfig) -> None:
         stopped = _signal_exit_status(error)
         if stopped is not None:
             sys.exit(stopped)
-        message, status = _describe_failure(error), 1
+        message, status = _describe_failure(error)
     if typed is not None and not typed.resume:
         _write_failure_summary(run_dir, message)
     if not multirun:
@@ -243,14 +243,22 @@ def _signal_exit_status(error: BaseException) -> int | None:
     return None
 
 
-def _describe_failure(error: BaseException) -> str:
+# Bad input found inside a rank (a dataset too large for its GPU, say) is still bad input: exit status 2, its message alone
+INPUT_ERRORS = ("augrun.config.ConfigError: ", "augrun.data.DataError: ", "augrun.checkpoint.CheckpointError: ")
+
+
+def _describe_failure(error: BaseException) -> tuple[str, int]:
+    """One line and the exit status for a run that failed while training."""
     from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
     if isinstance(error, ProcessRaisedException):
         last = [line for line in str(error).splitlines() if line.strip()][-1].strip()
-        return f"rank {error.error_index} failed: {last}"
+        for prefix in INPUT_ERRORS:
+            if last.startswith(prefix):
+                return f"rank {error.error_index}: {last[len(prefix):]}", 2
+        return f"rank {error.error_index} failed: {last}", 1
     if isinstance(error, ProcessExitedException):
-        return f"rank {error.error_index} died: {first_line(error)}"
-    return f"{type(error).__name__}: {first_line(error)}"
+        return f"rank {error.error_index} died: {first_line(error)}", 1
+    return f"{type(error).__name__}: {first_line(error)}", 1
 
 
 def _write_failure_summary(run_dir: Path, message: str) -> None:

@@ -60,26 +60,32 @@ FAIL_RANK_1 = '''
 # Loaded by every Python process of the test (sitecustomize): rank 1 raises in its first epoch.
 import augrun.engine as engine
 import torch.distributed as dist
+from augrun.data import DataError
 original = engine.train_one_epoch
 def train_one_epoch(*args, **kwargs):
     if dist.is_initialized() and dist.get_rank() == 1:
-        raise RuntimeError("injected failure in rank 1")
+        raise {error}
     return original(*args, **kwargs)
 engine.train_one_epoch = train_one_epoch
 '''
 
 
-def test_a_rank_that_raises_takes_the_run_down_with_its_error(workdir: Path):
+@pytest.mark.parametrize("error, status, line", [
+    ('RuntimeError("injected failure in rank 1")', 1, "rank 1 failed: RuntimeError: injected failure in rank 1"),
+    # bad input met inside a rank is reported as bad input
+    ('DataError("dataset.root: injected; valid: a folder")', 2, "rank 1: dataset.root: injected; valid: a folder"),
+], ids=["failure", "bad-input"])
+def test_a_rank_that_raises_takes_the_run_down_with_its_error(workdir: Path, error: str, status: int, line: str):
     hooks = workdir / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(FAIL_RANK_1)
+    (hooks / "sitecustomize.py").write_text(FAIL_RANK_1.format(error=error))
     result = run_augrun("train", *SMOKE, "trainer.nprocs=2", "trainer.workers=0", cwd=workdir,
                         env={"PYTHONPATH": str(hooks)}, timeout=180)
-    assert result.returncode == 1
+    assert result.returncode == status
     last = result.stderr.strip().splitlines()[-1]
-    assert last == "augrun: error: rank 1 failed: RuntimeError: injected failure in rank 1", result.stderr[-2000:]
+    assert last == f"augrun: error: {line}", result.stderr[-2000:]
     summary = json.loads((only_run_dir(workdir) / "summary.json").read_text())
-    assert summary["status"] == "failed" and "injected failure in rank 1" in summary["error"]
+    assert summary["status"] == "failed" and line.split(": ", 1)[1] in summary["error"]
 
 
 def test_joblib_launcher_runs_sweep_jobs_in_parallel(workdir: Path):
