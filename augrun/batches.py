@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from PIL import Image
 
+from augrun import signals
 from augrun.augment.gpu import to_float
 from augrun.data import DataError, ImageData
 from augrun.seeding import derive_seed
@@ -96,7 +97,11 @@ class AugmentedImages(torch.utils.data.Dataset):
 
 
 class WorkerBatches:
-    """cpu backend: torchvision transforms per image in DataLoader worker processes (the book's data path)."""
+    """cpu backend: torchvision transforms per image in DataLoader worker processes (the book's data path).
+
+    The workers ignore SIGINT/SIGTERM sent to the process group (signals.leave_to_parent): the training process
+    decides, checkpoints with their batches, then shuts them down.
+    """
 
     def __init__(self, data: ImageData, transform: Callable, finish: BatchFinisher, *, batch_size: int, workers: int,
                  seed: int, rank: int, world_size: int, shuffle: bool, drop_last: bool = False):
@@ -114,8 +119,11 @@ class WorkerBatches:
         keys = [[(epoch, int(i)) for i in indices] for indices in plan]
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
                                              pin_memory=self.finish.device.type == "cuda",
-                                             multiprocessing_context=WORKER_START_METHOD if self.workers else None)
-        for step, (images, labels) in enumerate(loader, start_step):
+                                             multiprocessing_context=WORKER_START_METHOD if self.workers else None,
+                                             worker_init_fn=signals.leave_to_parent if self.workers else None)
+        with signals.held_for_children():  # the workers start here: a signal to the group must wait for their handling
+            batches = iter(loader)
+        for step, (images, labels) in enumerate(batches, start_step):
             images = images.to(self.finish.device, non_blocking=True)
             labels = labels.to(self.finish.device, non_blocking=True)
             # the workers already normalised (torchvision Normalize is part of their transform)

@@ -1,6 +1,12 @@
-"""checkpoint.pt: written to a temporary file and renamed, so a kill at any instant leaves the previous one intact."""
+"""checkpoint.pt: saved atomically, loaded as data only (never as code), and checked to be an augrun checkpoint.
+
+A checkpoint is a file users share and download, so it is read with `torch.load(weights_only=True)`: tensors and plain
+Python values only. Everything augrun saves is kept to those types (the numpy RNG state as a tensor), and the file
+carries a format name and version so that a foreign or older file is refused in one line instead of failing later.
+"""
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -8,12 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from augrun.errors import UserError
 from augrun.files import atomic_open
+from augrun.rundir import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
+FORMAT = "augrun-checkpoint"
+VERSION = 2  # 1: before the format marker (pickled numpy RNG state; loadable only as code)
+# what a resume reads, and the type each must have
+REQUIRED = {"epoch": int, "next_step": int, "sums": torch.Tensor, "seconds": float, "model": dict, "optimizer": dict,
+            "records": list, "total_seconds": float, "config": dict, "rng": dict}
+# the boilerplate lines of torch.load's weights_only errors
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
+REMEDY = "valid: a checkpoint.pt written by this version of augrun, or resume=false in a new run directory"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: printed as one line, exit status 2."""
 
 
@@ -21,29 +36,65 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Written beside the target, synced, then renamed: a kill or a full disk keeps the previous checkpoint."""
     try:
         with atomic_open(path, "wb", fsync=True) as file:
-            torch.save(state, file)
+            torch.save({"format": FORMAT, "version": VERSION, **state}, file)
     except Exception as error:  # torch reports a full disk as a RuntimeError from its zip writer
         reason = " ".join(str(error).split()) or type(error).__name__
         raise OSError(f"could not write {path} ({reason}); the previous checkpoint is kept") from None
 
 
 def load(path: Path) -> dict[str, Any]:
+    """The checkpoint at `path`, as data: a file that would need code to load, or is not augrun's, is refused."""
     if not path.is_file():
         raise CheckpointError(f"resume: no {CHECKPOINT} in {path.parent}; valid: resume=true with hydra.run.dir set to a "
                               "run directory that has one, or resume=false to start fresh")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):  # not a pickle at all: damaged, or some other kind of file
+            raise CheckpointError(f"resume: {path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
+        # weights_only refused a global: the file asks to run code
+        raise CheckpointError(f"resume: {path} is not an augrun checkpoint: it holds Python objects that are only "
+                              f"loadable by running code ({_first_line(error, 'global')}), and a checkpoint "
+                              f"is loaded as data; {REMEDY}") from None
     except Exception as error:  # torch raises many types for a damaged zip/pickle
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"resume: {path} is corrupt or unreadable ({reason}); valid: a checkpoint.pt written by "
-                              "augrun, or resume=false in a new run directory") from None
+        raise CheckpointError(f"resume: {path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
+    check_structure(state, path)
+    return state
+
+
+def check_structure(state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"resume: {path} is not an augrun checkpoint (a torch file without augrun's format "
+                              f"marker); {REMEDY}")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"resume: {path} is an augrun checkpoint of format version {state.get('version')!r}, "
+                              f"this augrun reads version {VERSION}; valid: the augrun that wrote it, or resume=false")
+    for key, kind in REQUIRED.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(f"resume: {path} is damaged: '{key}' is {type(value).__name__}, expected "
+                                  f"{kind.__name__}; {REMEDY}")
+
+
+def _first_line(error: BaseException, marker: str | None = None) -> str:
+    """The informative line of torch's error: its weights_only message is a page of advice (including 'set
+    weights_only=False', which is exactly what augrun must not do) around one line naming the problem."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    informative = [line for line in lines if not line.startswith(TORCH_ADVICE)]
+    if marker:
+        informative = [line for line in informative if marker in line.lower()] or informative
+    return (informative or lines or [type(error).__name__])[0]
 
 
 def rng_states() -> dict[str, Any]:
-    """Every global RNG, saved for completeness: augrun's own draws are re-derived from (seed, epoch, step)."""
+    """Every global RNG, saved for completeness: augrun's own draws are re-derived from (seed, epoch, step).
+
+    Plain values and tensors only, so the checkpoint loads with weights_only (numpy's state holds an ndarray)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -51,7 +102,8 @@ def rng_states() -> dict[str, Any]:
 
 def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

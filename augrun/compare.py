@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from augrun import rundir
 from augrun.curves import integer_epochs, save_figure
 from augrun.files import write_text_atomic
+from augrun.errors import printable
 
 BASELINE_KEY, BASELINE_VALUE = "aug", "none"
 SEED_KEY = "seed"
@@ -42,6 +45,43 @@ CSV_COLUMNS = (
     "gap_mean", "gap_std", "loss_mean", "loss_std", "examples_per_s_mean", "delta_vs_none", "within_noise",
 )  # fmt: skip
 MAX_ERROR_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Number:
+    """What one numeric field of metrics.jsonl or summary.json must hold for compare to use it."""
+
+    required: bool = False  # a record without it is damaged
+    nullable: bool = False  # null is a value: test_acc of an epoch without evaluation (trainer.eval_every)
+    finite: bool = True  # NaN and inf are values: a diverged run's loss, which json.dumps writes as NaN
+    integer: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number" if self.finite else "a number"
+        return kind + (" or null" if self.nullable else "")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        try:
+            return math.isfinite(float(value)) or not self.finite
+        except OverflowError:  # an integer of hundreds of digits: no statistic or plot can use it
+            return False
+
+
+# The fields compare reads, as the trainer writes them (augrun.report.METRIC_FIELDS). A record that breaks this schema
+# makes its run damaged, listed with the failed runs, so that one bad file never stops the comparison of the others.
+# Fields not named here are not read, and not checked: a newer trainer's extra fields still compare.
+METRICS_ROW_FIELDS = {
+    "epoch": Number(required=True, integer=True), "train_loss": Number(finite=False), "train_acc": Number(),
+    "test_acc": Number(nullable=True), "test_acc_tta": Number(nullable=True), "lr": Number(),
+    "seconds": Number(finite=False), "examples_per_s": Number(finite=False),
+}  # fmt: skip
+SUMMARY_FIELDS = {"best_test_acc": Number(nullable=True), "examples_per_s": Number(nullable=True, finite=False)}
+SUMMARY_FINAL_FIELDS = {name: METRICS_ROW_FIELDS[name] for name in ("train_loss", "train_acc", "test_acc", "test_acc_tta")}
+OUT_VALID = "valid: --out DIR naming a directory that can be written (made if missing)"
 
 
 def table_console() -> Console:
@@ -132,15 +172,15 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             problem = "is not a directory" if path.exists() else "does not exist"
-            raise CompareError(f"{path} {problem}: expected a Hydra sweep root or a run directory")
-        if (path / ".hydra").is_dir():
+            raise CompareError(f"{printable(path)} {problem}: expected a Hydra sweep root or a run directory")
+        if (path / rundir.CONFIG_DIR).is_dir():
             runs.append(path)
             continue
         # rglob, not only the direct children: hydra.sweep.subdir may nest job directories (e.g. aug=x/seed=y).
-        found = sorted((p.parent for p in path.rglob(".hydra") if p.is_dir()), key=lambda p: _natural_key(str(p)))
+        found = sorted((p.parent for p in path.rglob(rundir.CONFIG_DIR) if p.is_dir()), key=lambda p: _natural_key(str(p)))
         if not found:
             raise CompareError(
-                f"no runs in {path}: expected a Hydra sweep root (job directories 0, 1, ... with .hydra/) "
+                f"no runs in {printable(path)}: expected a Hydra sweep root (job directories 0, 1, ... with .hydra/) "
                 "or a run directory with .hydra/"
             )
         runs.extend(found)
@@ -166,8 +206,13 @@ def _read_yaml(path: Path) -> Any:
         return None
     try:
         return yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CompareError(f"unreadable {path}: {_one_line(e)}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise CompareError(f"unreadable {printable(path)}: {_one_line(_reason(e))}") from None
+
+
+def _reason(error: Exception) -> str:
+    # an OSError's str repeats the path; its strerror does not
+    return (error.strerror if isinstance(error, OSError) else None) or str(error)
 
 
 # overrides that say how a run was executed, not what was trained: they never split a group
@@ -190,37 +235,75 @@ def _pop_seed(overrides: dict[str, str], config_path: Path) -> int | str | None:
     return config.get(SEED_KEY) if isinstance(config, dict) else None
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
+def _schema_problem(record: Any, fields: dict[str, Number]) -> str | None:
+    """Why ``record`` does not hold the numbers ``fields`` describe, in a few words; None when it does."""
+    if not isinstance(record, dict):
+        return f"{_shown(record)} is not an object; valid: an object of numbers such as {{\"epoch\": 1, ...}}"
+    for name, spec in fields.items():
+        if name not in record:
+            if spec.required:
+                return f"no {name}; valid: {name} holding {spec.describe()}"
+        elif not spec.accepts(record[name]):
+            return f"{name} is {_shown(record[name])}; valid: {spec.describe()}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    # as JSON, the way the file spells it (null, "abc"); json.dumps escapes control characters, so it stays one line
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """metrics.jsonl's rows, and why the file is damaged (None when it is not). A missing file is no rows and no
+    damage: summary.json says why the run has none."""
     if not path.is_file():
-        return []
+        return [], None
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        return [], f"unreadable metrics.jsonl: {_one_line(_reason(e))}"
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a job killed mid-write leaves a torn last line; its earlier epochs are still valid
-    return [r for r in rows if isinstance(r, dict)]
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: thousands of nested brackets
+            if number == len(lines):
+                continue  # no newline after it: a job killed mid-write tore its last line; earlier epochs are valid
+            return rows, f"damaged metrics.jsonl line {number}: not JSON ({getattr(e, 'msg', type(e).__name__)})"
+        problem = _schema_problem(row, METRICS_ROW_FIELDS)
+        if problem:
+            return rows, f"damaged metrics.jsonl line {number}: {problem}"
+        rows.append(row)
+    return rows, None
 
 
 def _read_summary(path: Path) -> tuple[dict[str, Any], str | None]:
     if not path.is_file():
         return {}, "no summary.json"
     try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return {}, f"unreadable summary.json: {e}"
-    return (summary, None) if isinstance(summary, dict) else ({}, "unreadable summary.json: not an object")
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as e:
+        return {}, f"unreadable summary.json: {_one_line(_reason(e))}"
+    problem = _schema_problem(summary, SUMMARY_FIELDS)
+    if problem is None and summary.get("final") is not None:
+        problem = _schema_problem(summary["final"], SUMMARY_FINAL_FIELDS)
+        problem = problem and f"final: {problem}"
+    return (summary, None) if problem is None else ({}, f"damaged summary.json: {problem}")
 
 
 def load_run(run_dir: Path) -> RunResult:
     """Read one run directory. A broken run is not an exception (``error`` says why it failed); only a .hydra/ file
     that is not YAML raises CompareError."""
     run_dir = Path(run_dir)
-    overrides = _read_overrides(run_dir / ".hydra" / "overrides.yaml")
-    seed = _pop_seed(overrides, run_dir / ".hydra" / "config.yaml")
-    summary, error = _read_summary(run_dir / "summary.json")
+    overrides = _read_overrides(run_dir / rundir.CONFIG_DIR / rundir.OVERRIDES)
+    seed = _pop_seed(overrides, run_dir / rundir.CONFIG_DIR / rundir.CONFIG)
+    summary, error = _read_summary(run_dir / rundir.SUMMARY)
+    epochs, damage = _read_metrics(run_dir / rundir.METRICS)
     status = str(summary.get("status", "failed"))
-    run = RunResult(run_dir, overrides, seed, status, _read_metrics(run_dir / "metrics.jsonl"), summary, error)
+    run = RunResult(run_dir, overrides, seed, status, epochs, summary, error or damage)
     if run.error is None and status != "completed":
         planned = summary.get("epochs", "?")
         run.error = _one_line(summary.get("error") or f"{status} after {len(run.epochs)} of {planned} epochs")
@@ -333,7 +416,8 @@ def _table_rows(report: Report) -> list[list[str]]:
 
 
 def _failed_lines(report: Report) -> list[str]:
-    return [f"{g.label} seed {r.seed} ({r.status}): {r.error} [{r.path}]" for g in report.groups for r in g.failed]
+    return [f"{g.label} seed {r.seed} ({r.status}): {r.error} [{printable(r.path)}]"
+            for g in report.groups for r in g.failed]
 
 
 def _notes(report: Report) -> list[str]:
@@ -424,12 +508,16 @@ def _figure(report: Report) -> Figure:
 def write_report(runs: list[RunResult], out_dir: Path) -> Report:
     """Write comparison.md, comparison.csv and comparison.png to ``out_dir``; the same runs give the same files."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(runs)
     md, csv_path, png = out_dir / "comparison.md", out_dir / "comparison.csv", out_dir / "comparison.png"
-    write_text_atomic(md, _markdown(report))
-    write_text_atomic(csv_path, _csv(report))
-    save_figure(_figure(report), png)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(md, _markdown(report))
+        write_text_atomic(csv_path, _csv(report))
+        save_figure(_figure(report), png)
+    except OSError as e:  # a full disk, a read-only file system: what _check_out_dir cannot see in advance
+        raise CompareError(f"cannot write the report into {printable(out_dir)} ({_one_line(_reason(e))}); "
+                           f"{OUT_VALID}") from None
     report.files = [md, csv_path, png]
     return report
 
@@ -471,31 +559,55 @@ def _parse_compare_args(argv: list[str]) -> tuple[list[Path], Path]:
     args = iter(argv)
     for arg in args:
         if arg == "--out" or arg.startswith("--out="):
-            value = arg.partition("=")[2] or next(args, "")
+            value = arg.partition("=")[2] if "=" in arg else _option_value(next(args, ""))
             if not value:
-                raise CompareError("--out needs a directory: augrun compare PATH [PATH ...] [--out DIR]")
+                raise CompareError(f"--out: no directory given; {OUT_VALID}, e.g. augrun compare PATH --out DIR")
             out = Path(value)
         elif arg.startswith("-"):
-            raise CompareError(f"unknown option {arg}: valid are --out DIR and --help")
+            raise CompareError(f"{printable(arg)}: unknown option of augrun compare; valid: --out DIR, --help")
         else:
             paths.append(Path(arg))
     if not paths:
         raise CompareError("no PATH given: augrun compare outputs/multirun/<date>/<time> [--out DIR]")
     if out is None and len(paths) > 1:
         raise CompareError(f"{len(paths)} paths given: name the report directory with --out DIR")
+    if out is not None:
+        _check_out_dir(out)
     return paths, out or paths[0]
+
+
+def _option_value(arg: str) -> str:
+    # "--out --bogus" is a forgotten directory, not a directory named --bogus (--out=-dir names one)
+    return "" if arg.startswith("-") else arg
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse, before any run is read, an --out that cannot become a directory the report is written to."""
+    # os.path.exists, not Path.exists: False, not PermissionError, inside a directory that cannot be searched
+    existing = next((p for p in (out, *out.parents) if os.path.exists(p)), None)  # "." or "/" at the latest
+    if existing is None:
+        return  # the working directory is gone: writing will say so
+    if existing == out and not out.is_dir():
+        raise CompareError(f"--out: {printable(out)} is a file; {OUT_VALID}")
+    if not existing.is_dir():
+        raise CompareError(f"--out: {printable(out)} is inside {printable(existing)}, which is a file; {OUT_VALID}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CompareError(f"--out: {printable(existing)} is not writable; {OUT_VALID}")
 
 
 def compare_command(argv: list[str]) -> None:
     """``augrun compare``: bad input is one line on stderr and exit status 2, as everywhere in augrun."""
+    from augrun.errors import fail
+
     if any(arg in ("-h", "--help") for arg in argv):
         print(COMPARE_USAGE)
         return
     try:
         paths, out = _parse_compare_args(argv)
         compare_paths(paths, out, table_console())
-    except (CompareError, OSError) as e:  # OSError: an unwritable --out directory, a file vanishing mid-read
-        from augrun.cli import fail
+    except CompareError as e:  # one line already, naming its paths with printable
+        fail(str(e))
+    except OSError as e:  # a run directory vanishing or unreadable while it is read
         fail(_one_line(e))
 
 

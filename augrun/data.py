@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from augrun.errors import UserError, printable
 from augrun.files import atomic_open
+from augrun.images import ImageFileError, decode_image
+from augrun.registry import Registry
 from augrun.seeding import derive_seed
 
 
-class DataError(ValueError):
-    """A dataset that cannot be read: printed as one line, exit status 2."""
+class DataError(UserError):
+    """A dataset that cannot be read."""
 
 
 @dataclass
@@ -55,24 +58,27 @@ class DataSplits:
         return self.train.images.shape[-1]
 
 
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
+DATASETS = Registry("dataset.name", "dataset")
 SUBSET_SEED = 0  # subsets are the same for every run seed, so seeds vary the training, not the data
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """What a dataset loader is asked for (the dataset config, as plain values)."""
+    root: Path
+    download: bool
+    image_size: int
+    channels: int
+    num_classes: int
+    train_size: int | None
+    test_size: int | None
 
 
 @functools.lru_cache(maxsize=2)  # the launcher checks the data before Hydra starts, then trains on the same copy
 def load_dataset(name: str, root: str, *, download: bool = True, image_size: int = 32, channels: int = 3,
                  num_classes: int = 10, train_size: int | None = None, test_size: int | None = None) -> DataSplits:
-    if name == "synthetic":
-        return make_synthetic(image_size=image_size, channels=channels, num_classes=num_classes,
-                              train_size=train_size or 512, test_size=test_size or 256)
-    if name in ("cifar10", "cifar100"):
-        splits = load_cifar(Path(root), name, download=download)
-    elif name == "fashion_mnist":
-        splits = load_fashion_mnist(Path(root), download=download)
-    elif name == "imagefolder":
-        splits = load_image_folder(Path(root), image_size=image_size)
-    else:
-        raise DataError(f"dataset.name: unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    request = DatasetRequest(Path(root), download, image_size, channels, num_classes, train_size, test_size)
+    splits = DATASETS.get(name)(request)
     return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size))
 
 
@@ -93,6 +99,12 @@ def subset(data: ImageData, size: int | None) -> ImageData:
 
 
 # --- synthetic ----------------------------------------------------------------------------------------------------
+
+@DATASETS.register("synthetic")
+def _synthetic(r: DatasetRequest) -> DataSplits:
+    return make_synthetic(image_size=r.image_size, channels=r.channels, num_classes=r.num_classes,
+                          train_size=r.train_size or 512, test_size=r.test_size or 256)
+
 
 def make_synthetic(*, image_size: int, channels: int, num_classes: int, train_size: int, test_size: int) -> DataSplits:
     """Each class is a smooth random pattern; images are noisy copies of it, so a small model learns it in one epoch."""
@@ -124,6 +136,10 @@ CIFAR = {
 }
 
 
+DATASETS.register("cifar10")(lambda r: load_cifar(r.root, "cifar10", download=r.download))
+DATASETS.register("cifar100")(lambda r: load_cifar(r.root, "cifar100", download=r.download))
+
+
 def load_cifar(root: Path, name: str, *, download: bool) -> DataSplits:
     spec = CIFAR[name]
     folder = root / spec["folder"]
@@ -136,8 +152,8 @@ def load_cifar(root: Path, name: str, *, download: bool) -> DataSplits:
         batches = [_unpickle(folder / f) for f in files]
         for f, batch in zip(files, batches):
             if not isinstance(batch, dict) or "data" not in batch or spec["label_key"] not in batch:
-                raise DataError(f"dataset.root: {folder / f} is not a CIFAR batch (no 'data' and "
-                                f"'{spec['label_key']}'); delete {folder} to download again")
+                raise DataError(f"dataset.root: {printable(folder / f)} is not a CIFAR batch (no 'data' and "
+                                f"'{spec['label_key']}'); delete {printable(folder)} to download again")
         pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[spec["label_key"]], dtype=np.int64) for b in batches])
         # the pickles store each image as 1024 red, then green, then blue values, row by row
@@ -153,48 +169,61 @@ def _unpickle(path: Path) -> dict:
             return pickle.load(file, encoding="latin1")
     except Exception as error:  # a damaged pickle can raise almost any type
         reason = " ".join(f"{type(error).__name__}: {error}".split())
-        raise DataError(f"dataset.root: cannot read {path} ({reason}); delete it to download again") from None
+        raise DataError(f"dataset.root: cannot read {printable(path)} ({reason}); delete it to download again") from None
 
 
 def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -> None:
     """Download and extract an archive with torchvision's utilities, or say where the data should be."""
     archive = url.rsplit("/", 1)[1]
-    how = f"download {url} and extract it into {root}/, or point dataset.root at a folder holding {looked_for.name}/"
+    how = (f"download {url} and extract it into {printable(root)}/, or point dataset.root at a folder holding "
+           f"{looked_for.name}/")
     if not download:
-        raise DataError(f"dataset.root: {looked_for} not found and dataset.download=false; {how}")
+        raise DataError(f"dataset.root: {printable(looked_for)} not found and dataset.download=false; {how}")
     from torchvision.datasets.utils import download_and_extract_archive
     try:
         download_and_extract_archive(url, str(root), filename=archive, md5=md5)
     except (OSError, RuntimeError, tarfile.TarError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"dataset.root: {looked_for} not found and the download failed ({reason}); {how}") from None
+        raise DataError(f"dataset.root: {printable(looked_for)} not found and the download failed ({reason}); "
+                        f"{how}") from None
 
 
 # --- Fashion-MNIST -------------------------------------------------------------------------------------------------
+
+@DATASETS.register("fashion_mnist")
+def _fashion_mnist(r: DatasetRequest) -> DataSplits:
+    return load_fashion_mnist(r.root, download=r.download)
+
 
 def load_fashion_mnist(root: Path, *, download: bool) -> DataSplits:
     from torchvision.datasets import FashionMNIST  # torchvision parses the idx files and knows the mirrors
     try:
         splits = [FashionMNIST(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as error:  # torchvision's "Dataset not found"
-        raise DataError(f"dataset.root: Fashion-MNIST not found in {root / 'FashionMNIST' / 'raw'} ({error}); "
+        raise DataError(f"dataset.root: Fashion-MNIST not found in {printable(root / 'FashionMNIST' / 'raw')} ({error}); "
                         "set dataset.download=true with network access, or copy the four idx files there") from None
     except OSError as error:
-        raise DataError(f"dataset.root: Fashion-MNIST download into {root} failed ({error}); "
+        raise DataError(f"dataset.root: Fashion-MNIST download into {printable(root)} failed ({error}); "
                         "copy the four idx .gz files into FashionMNIST/raw/ there") from None
     return DataSplits(*(ImageData(s.data.unsqueeze(1).clone(), s.targets.clone(), list(s.classes)) for s in splits))
 
 
 # --- image folders -------------------------------------------------------------------------------------------------
 
+@DATASETS.register("imagefolder")
+def _image_folder(r: DatasetRequest) -> DataSplits:
+    return load_image_folder(r.root, image_size=r.image_size)
+
+
 def load_image_folder(root: Path, *, image_size: int) -> DataSplits:
     if not root.is_dir():
-        raise DataError(f"dataset.root: {root} is not a directory; valid: a folder holding train/<class>/ and test/<class>/")
+        raise DataError(f"dataset.root: {printable(root)} is not a directory; valid: a folder holding train/<class>/ and "
+                        "test/<class>/")
     splits = [_class_files(root, split) for split in ("train", "test")]
     if list(splits[0]) != list(splits[1]):
         only_train = sorted(set(splits[0]) - set(splits[1]))
         only_test = sorted(set(splits[1]) - set(splits[0]))
-        raise DataError(f"dataset.root: classes differ between {root}/train and {root}/test "
+        raise DataError(f"dataset.root: classes differ between {printable(root)}/train and {printable(root)}/test "
                         f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
     return DataSplits(*(_cached_decode(root, split, files, image_size) for split, files in zip(("train", "test"), splits)))
 
@@ -202,14 +231,17 @@ def load_image_folder(root: Path, *, image_size: int) -> DataSplits:
 def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
-        raise DataError(f"dataset.root: {folder} is missing; valid: {root} holding train/<class>/ and test/<class>/")
+        raise DataError(f"dataset.root: {printable(folder)} is missing; valid: {printable(root)} holding train/<class>/ and "
+                        "test/<class>/")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"dataset.root: {folder} has no class folders; valid: {folder}/<class>/<image files>")
+        raise DataError(f"dataset.root: {printable(folder)} has no class folders; valid: "
+                        f"{printable(folder)}/<class>/<image files>")
     files = {c: sorted(p for p in (folder / c).iterdir() if p.is_file() and not p.name.startswith(".")) for c in classes}
     for c, paths in files.items():
         if not paths:
-            raise DataError(f"dataset.root: class folder {folder / c} is empty; every class needs at least one image")
+            raise DataError(f"dataset.root: class folder {printable(folder / c)} is empty; every class needs at least one "
+                            "image")
     return files
 
 
@@ -280,14 +312,12 @@ def _decode_chunk(chunk: tuple[list[Path], int]) -> np.ndarray:
 
 
 def _read_image(path: Path, image_size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"dataset.root: cannot decode {path} ({error}); remove it or replace it with a valid "
-                        "image (PNG, JPEG, BMP, ...)") from None
+        pixels = decode_image(path, channels=3)
+    except ImageFileError as error:
+        raise DataError(f"dataset.root: {error}") from None
+    if pixels.shape[:2] != (image_size, image_size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((image_size, image_size), Image.BILINEAR))
+    return pixels

@@ -6,16 +6,19 @@ runs work. With one process every collective here is the identity, so single-dev
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from augrun import signals
 from augrun.config import ConfigError
 
 
@@ -116,29 +119,49 @@ def launch(worker: Callable[..., Any], placement: Placement, *args: Any) -> None
 def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tuple) -> None:
     """Start one process per rank and wait. If one fails, join ends the others and raises with that rank's error.
 
-    A SIGINT/SIGTERM sent to this launcher alone (a scheduler's, say) is passed on, so every rank checkpoints and stops.
+    SIGINT/SIGTERM, sent to this launcher alone (a scheduler's) or to the whole group (Ctrl-C, Slurm), reach every
+    rank: the ranks start with both held and take them once their handler is in place (signals.take_in_rank), and this
+    launcher passes on what it receives. The ranks then agree on a step, checkpoint, and leave; Stopped is raised here.
     """
-    context = torch.multiprocessing.start_processes(_spawned, args=(worker, placement, args), nprocs=placement.nprocs,
-                                                    join=False, start_method="spawn")
+    flag = signals.SignalFlag.installed()
+    # Set by a rank that stopped on a signal, which then exits cleanly: a non-zero exit would make join end the other
+    # ranks, rank 0 perhaps still writing the checkpoint.
+    stopped_by = multiprocessing.get_context("spawn").RawValue("i", 0)
+    ranks: list = []
 
-    def forward(signum, frame):
-        for process in context.processes:
+    def forward(signum, frame=None):
+        flag.record(signum)
+        for process in ranks:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in signals.STOP_SIGNALS}
     try:
+        # starting the tracker (on the first spawn) unblocks both signals in this thread: start it before holding them
+        resource_tracker.ensure_running()
+        with signals.held_for_children():
+            context = torch.multiprocessing.start_processes(_spawned, args=(worker, placement, args, stopped_by),
+                                                            nprocs=placement.nprocs, join=False, start_method="spawn")
+        ranks.extend(context.processes)
+        if flag.signum is not None:  # received while the ranks were being started, before they could be told
+            forward(flag.signum)
         # a short grace period: the survivors of a failed rank wait in a collective that will never complete
         while not context.join(grace_period=2):
             pass
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if stopped_by.value:
+        raise signals.Stopped(stopped_by.value)  # rank 0 has printed the note
 
 
-def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple) -> None:
+def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple, stopped_by) -> None:
+    signals.take_in_rank()
     device = torch.device(f"cuda:{placement.gpu_indices[rank]}") if placement.kind == "cuda" else torch.device("cpu")
-    _run_in_group(worker, rank, placement.nprocs, device, args)
+    try:
+        _run_in_group(worker, rank, placement.nprocs, device, args)
+    except signals.Stopped as stop:
+        stopped_by.value = stop.signum
 
 
 def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple) -> None:

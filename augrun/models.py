@@ -1,9 +1,9 @@
 """Model registry: a name from the config -> a network for the dataset's channels and classes."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
+
+from augrun.registry import Registry
 
 
 class Residual(nn.Module):
@@ -39,6 +39,10 @@ def _xavier_init(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight)
 
 
+MODELS = Registry("model.name", "model")
+
+
+@MODELS.register("resnet18")
 def resnet18(*, in_channels: int, num_classes: int, width: int = 64) -> nn.Module:
     """The book's ResNet-18 for small images (d2l 14.1): 3x3 stride-1 stem, no max-pool, four stages of two blocks."""
     widths = [width, 2 * width, 4 * width, 8 * width]
@@ -52,6 +56,7 @@ def resnet18(*, in_channels: int, num_classes: int, width: int = 64) -> nn.Modul
     return net
 
 
+@MODELS.register("small_cnn")
 def small_cnn(*, in_channels: int, num_classes: int, width: int = 32) -> nn.Module:
     """Three conv-BN-ReLU blocks and a linear head: enough to learn CIFAR to ~70 % on a CPU in minutes."""
     def block(a: int, b: int) -> list[nn.Module]:
@@ -67,11 +72,5 @@ def small_cnn(*, in_channels: int, num_classes: int, width: int = 32) -> nn.Modu
     return net
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "small_cnn": small_cnn}
-
-
 def build_model(name: str, *, in_channels: int, num_classes: int, width: int) -> nn.Module:
-    if name not in MODELS:
-        from augrun.config import ConfigError
-        raise ConfigError("model.name", f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes, width=width)
+    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, width=width)

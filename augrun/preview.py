@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from augrun.cli import first_line
 from augrun.config import AugConfig, ConfigError, DatasetConfig, check_at_least, check_choice
+from augrun.drawing import DPI, augmented_copies, read_image, render_grid
+from augrun.errors import UserError, fail, first_line, printable
 
 if TYPE_CHECKING:
     import torch
@@ -38,12 +39,10 @@ if TYPE_CHECKING:
     from augrun.augment.ops import OpSpec
 
 CONFIG_NAME = "preview"
-DPI = 100  # pixels per inch of the saved picture: a cell of scale 1.5 inches is 150 pixels
 DEFAULT_GRID = {"aug": (2, 4), "dataset": (4, 8)}  # rows, cols when left null: the book's apply, and a dataset overview
 SHOW = tuple(DEFAULT_GRID)
 KEYS = ("aug", "dataset", "image", "out", "rows", "cols", "show", "seed", "scale")
 MAX_SIDE_PX = 16384  # Agg refuses pictures of 2**16 pixels a side; far below that a grid is already unreadable
-RUN_PREVIEW_GRID = (2, 4, 1.5)  # rows, cols, scale of a training run's preview.png: the book's apply
 
 
 @dataclass
@@ -65,7 +64,7 @@ class PreviewOptions:
 # --- the command -----------------------------------------------------------------------------------------------------
 
 def preview_command(argv: list[str]) -> None:
-    from augrun.cli import INFO_FLAGS, UserError, fail, run_hydra, split_argv
+    from augrun.compose import INFO_FLAGS, run_hydra, split_argv
 
     overrides, flags = split_argv(argv)
     if flags & INFO_FLAGS:  # --help, --cfg job, ...: Hydra prints and runs nothing
@@ -89,7 +88,6 @@ def preview_command(argv: list[str]) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are bad input. DataError only if augrun.data was imported (it imports torch, which takes
     seconds): a typo found before that is reported without waiting for it."""
-    from augrun.cli import UserError
     data = sys.modules.get("augrun.data")
     return (UserError, ConfigError) + ((data.DataError,) if data is not None else ())
 
@@ -100,7 +98,7 @@ def compose_preview(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from augrun.cli import CONFIG_MODULE, UserError, describe_composition_error
+    from augrun.compose import CONFIG_MODULE, describe_composition_error
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -130,8 +128,6 @@ def _valid_keys(parent: str) -> list[str]:
 
 def check_options(cfg: DictConfig) -> PreviewOptions:
     """The composed config as checked plain values: types, ranges, files, and the pipeline's ops and arguments."""
-    from augrun.cli import UserError
-
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation that cannot resolve
@@ -190,7 +186,8 @@ def _out_path(value: Any) -> Path:
     if suffix and suffix not in formats:
         raise ConfigError("out", f"unknown picture format {path.suffix!r}; valid suffixes: {', '.join(formats)}")
     if path.is_dir():
-        raise ConfigError("out", f"{path} is a directory; valid: a file name such as {path / 'preview.png'}")
+        raise ConfigError("out", f"{printable(path)} is a directory; valid: a file name such as "
+                          f"{printable(path / 'preview.png')}")
     return path
 
 
@@ -205,10 +202,10 @@ def _image_path(value: Any) -> Path:
                           "training image")
     path = Path(str(value)).expanduser()
     if not path.exists():
-        raise ConfigError("image", f"{path} not found; valid: the path of an image file (PNG, JPEG, ...), or null "
-                          "for the dataset's first training image")
+        raise ConfigError("image", f"{printable(path)} not found; valid: the path of an image file (PNG, JPEG, ...), "
+                          "or null for the dataset's first training image")
     if not path.is_file():
-        raise ConfigError("image", f"{path} is not a file; valid: the path of an image file (PNG, JPEG, ...)")
+        raise ConfigError("image", f"{printable(path)} is not a file; valid: the path of an image file (PNG, JPEG, ...)")
     return path
 
 
@@ -226,99 +223,6 @@ def _typed_section(name: str, section: Any, schema: type) -> DictConfig:
         if key and "." not in key and key not in valid:
             raise ConfigError(f"{name}.{key}", f"unknown key; valid keys here: {', '.join(valid)}") from None
         raise ConfigError(f"{name}.{key}" if key else name, first_line(error)) from None
-
-
-# --- images ------------------------------------------------------------------------------------------------------
-
-def read_image(path: Path) -> torch.Tensor:
-    """An image file as uint8 (C, H, W): RGB, or one channel for grayscale files; EXIF rotation applied."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-            pixels = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ConfigError("image", f"cannot decode {path} ({first_line(error)}); valid: an image file "
-                          "(PNG, JPEG, BMP, ...)") from None
-    tensor = torch.from_numpy(pixels.copy())
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
-
-
-def augmented_copies(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend: str, count: int,
-                     seed: int) -> list[torch.Tensor]:
-    """``count`` augmentations of one uint8 (C, H, W) image, as float (C, H', W') tensors in [0, 1].
-
-    Seeded by (seed, "preview"), a purpose no training draw uses; torch's global RNG, which the cpu pipeline draws
-    from, is restored afterwards, so a run that draws its preview keeps its own random stream.
-    """
-    import torch
-
-    from augrun.seeding import derive_seed
-
-    image = image_uint8_chw.detach().cpu()
-    try:
-        if backend == "gpu":
-            from augrun.augment.gpu import GPU_OPS, GpuPipeline, to_float
-            ops = []
-            for spec in specs:
-                try:
-                    ops.append(GPU_OPS[spec.name](**spec.kwargs))
-                except (TypeError, ValueError) as error:
-                    raise ConfigError(spec.key, first_line(error)) from None
-            generator = torch.Generator().manual_seed(derive_seed(seed, "preview"))
-            batch = GpuPipeline(ops)(to_float(image.unsqueeze(0).repeat(count, 1, 1, 1)), generator)
-            return list(batch.clamp(0, 1).unbind(0))
-        from PIL import Image
-
-        from augrun.augment.cpu import build_train_transform
-        transform = build_train_transform(specs)  # no mean/std: the picture shows pixels, not model inputs
-        pixels = image.permute(1, 2, 0).numpy()
-        picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-        copies = []
-        with torch.random.fork_rng(devices=[]):
-            for i in range(count):
-                # per copy, as the training workers seed per image: copy i does not depend on the others
-                torch.default_generator.manual_seed(derive_seed(seed, "preview", i))
-                copies.append(transform(picture).clamp(0, 1))
-        return copies
-    except (ValueError, RuntimeError) as error:  # e.g. a crop larger than the (padded) image
-        size = "x".join(map(str, image.shape[-2:]))
-        raise ConfigError("aug.train", f"cannot apply the pipeline to the {size} image: {first_line(error)}") from None
-
-
-def render_grid(images: list[torch.Tensor], path: Path, *, rows: int, cols: int, scale: float,
-                titles: list[str] | None = None) -> Path:
-    """Float (C, H, W) images in [0, 1] in a rows x cols grid, axes off (the book's show_images), written atomically.
-
-    The picture is (cols * scale, rows * scale) inches at DPI, so its pixel size depends only on rows, cols and scale.
-    Cells beyond ``images`` stay blank.
-    """
-    from matplotlib.figure import Figure  # a bare Figure on the Agg canvas: no pyplot, no display needed
-
-    from augrun.curves import save_figure
-
-    fig = Figure(figsize=(cols * scale, rows * scale))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= len(images):
-            continue
-        image = images[i].detach().float().cpu()
-        if image.shape[0] == 1:
-            ax.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-        else:
-            ax.imshow(image.permute(1, 2, 0).numpy())
-        if titles:
-            ax.set_title(titles[i], fontsize=8, pad=2)
-    # fixed margins, not tight_layout or bbox_inches="tight", which would make the pixel size depend on the content
-    top = 1 - 0.25 / (rows * scale) if titles else 0.98  # room for the first row's titles (a quarter inch)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.08, hspace=0.3 if titles else 0.08)
-    save_figure(fig, path, dpi=DPI)
-    return path
 
 
 def _pixels(options: PreviewOptions) -> tuple[int, int]:
@@ -356,19 +260,5 @@ def _render(images, options: PreviewOptions, titles) -> Path:
         return render_grid(images, options.out, rows=options.rows, cols=options.cols, scale=options.scale,
                            titles=titles)
     except OSError as error:
-        raise ConfigError("out", f"cannot write {options.out} ({error.strerror or first_line(error)}); valid: a path "
-                          "in a writable directory") from None
-
-
-# --- a training run's preview.png ------------------------------------------------------------------------------------
-
-def write_run_preview(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend: str, path: Path,
-                      seed: int) -> Path:
-    """The book's 2x4 ``apply`` grid of one image under a run's train pipeline, written atomically to ``path``.
-
-    ``backend`` is the run's resolved backend (cpu or gpu; the gpu ops run on the CPU here, on 8 copies). The draws come
-    from (seed, "preview") and torch's global RNG is left as it was, so writing the preview changes nothing in the run.
-    """
-    rows, cols, scale = RUN_PREVIEW_GRID
-    copies = augmented_copies(image_uint8_chw, list(specs), backend, rows * cols, seed)
-    return render_grid(copies, Path(path), rows=rows, cols=cols, scale=scale)
+        raise ConfigError("out", f"cannot write {printable(options.out)} ({error.strerror or first_line(error)}); "
+                          "valid: a path in a writable directory") from None

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from augrun import rundir
 from augrun.files import write_text_atomic
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "examples_per_s"]
@@ -35,9 +36,9 @@ class MetricsFiles:
     """metrics.jsonl gets one line per epoch (appended, so a resumed run continues it); metrics.csv mirrors it."""
 
     def __init__(self, run_dir: Path):
-        self.jsonl = run_dir / "metrics.jsonl"
-        self.csv = run_dir / "metrics.csv"
-        self.summary = run_dir / "summary.json"
+        self.jsonl = run_dir / rundir.METRICS
+        self.csv = run_dir / rundir.METRICS_CSV
+        self.summary = run_dir / rundir.SUMMARY
 
     def read(self) -> list[dict[str, Any]]:
         if not self.jsonl.is_file():

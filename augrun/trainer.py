@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from augrun import checkpoint, distributed
+from augrun import checkpoint, distributed, dryrun, rundir, signals
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
 from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
 from augrun.config import ConfigError, TrainConfig
-from augrun.data import DataSplits, load_dataset
+from augrun.data import DATASETS, DataSplits, load_dataset
 from augrun.engine import EpochState, evaluate, train_one_epoch
-from augrun.models import build_model
-from augrun.optim import build_optimizer, build_scheduler
+from augrun.models import MODELS, build_model
+from augrun.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from augrun.report import MetricsFiles, RunConsole, TensorBoardLog, check_logger
 from augrun.seeding import derive_seed
+from augrun.signals import SignalFlag
 
 
 @dataclass
@@ -43,12 +43,8 @@ class Prepared:
     config_dict: dict[str, Any]
 
 
-class StopRun(Exception):
-    """A signal stopped the run after a checkpoint; carries the exit status (130 SIGINT, 143 SIGTERM)."""
-
-    def __init__(self, status: int):
-        super().__init__(status)
-        self.status = status
+# A signal stopped the run (rank 0 has printed the note); carries the exit status (130 SIGINT, 143 SIGTERM)
+StopRun = signals.Stopped
 
 
 def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -62,7 +58,13 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
     return plain
 
 
-def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num: int = 0) -> Prepared:
+def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num: int = 0,
+            rehearse: bool = False) -> Prepared:
+    """Everything a run needs, checked, with its data loaded. `rehearse`: also dry-run one training step on made-up
+    images and estimate the data's memory first (the pre-check does; the run itself need not again)."""
+    for registry, name in ((MODELS, cfg.model.name), (DATASETS, cfg.dataset.name), (OPTIMIZERS, cfg.optim.name),
+                           (SCHEDULES, cfg.sched.name)):
+        registry.get(name)  # an unknown name: one line listing the registered ones
     placement = distributed.resolve_devices(cfg.trainer.devices, nprocs=cfg.trainer.nprocs, strategy=cfg.trainer.strategy,
                                             visible_gpus=visible_gpus, job_num=job_num)
     train_ops = parse_train_pipeline(cfg.aug.train)
@@ -76,18 +78,33 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
         warn(f"trainer.workers={cfg.trainer.workers} on {cores} CPU cores: workers will compete for them")
 
     config_dict = comparable_config(cfg)
-    resume_state = None
     # under torchrun only rank 0 reads the checkpoint (the others have a throwaway run directory); it is broadcast
-    if cfg.resume and os.environ.get("RANK", "0") == "0":
-        resume_state = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
-        diffs = checkpoint.config_differences(resume_state["config"], config_dict)
-        if diffs:
-            raise ConfigError("resume", "the config differs from the checkpoint's: " + "; ".join(diffs)
-                              + "; valid: the same overrides as the run being resumed")
+    resume_state = load_resume_state(run_dir, config_dict) if cfg.resume and os.environ.get("RANK", "0") == "0" else None
     d = cfg.dataset
+    if rehearse:
+        mean, std = (d.mean, d.std) if d.normalize else (None, None)
+        dryrun.check_dataset_memory(d.name, d.root, image_size=d.image_size, channels=d.channels,
+                                    train_size=d.train_size, test_size=d.test_size)
+        dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
+                       channels=d.channels, num_classes=d.num_classes, mean=mean, std=std, model=cfg.model.name,
+                       width=cfg.model.width)
     data = load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
                         num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size)
+    for key, configured, actual in (("dataset.image_size", d.image_size, data.image_size),
+                                    ("dataset.channels", d.channels, data.channels)):
+        if configured != actual:  # the dry run and the model were sized from the config
+            raise ConfigError(key, f"got {configured}, but {d.name}'s images have {actual}; valid: {key}={actual}")
     return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, data, resume_state, config_dict)
+
+
+def load_resume_state(run_dir: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The run's checkpoint, refused unless it was written with the same config."""
+    state = checkpoint.load(run_dir / checkpoint.CHECKPOINT)
+    diffs = checkpoint.config_differences(state["config"], config_dict)
+    if diffs:
+        raise ConfigError("resume", "the config differs from the checkpoint's: " + "; ".join(diffs)
+                          + "; valid: the same overrides as the run being resumed")
+    return state
 
 
 def run(prepared: Prepared) -> None:
@@ -95,34 +112,6 @@ def run(prepared: Prepared) -> None:
 
 
 # --- inside each process -------------------------------------------------------------------------------------------
-
-class SignalFlag:
-    """Remembers SIGINT/SIGTERM so the loop can finish its step, checkpoint and leave with the conventional status.
-
-    One per process, installed once: a signal that lands between two sweep jobs, or while an epoch is evaluated,
-    must still stop the run at the next check instead of being lost with a job's own handler.
-    """
-
-    _instance: SignalFlag | None = None
-
-    def __init__(self):
-        self.signum: int | None = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    @classmethod
-    def installed(cls) -> SignalFlag:
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    @property
-    def status(self) -> int:
-        return 128 + (self.signum or 0)
-
 
 def _batch_sources(p: Prepared, *, rank: int, world: int, device: torch.device, compiling: bool):
     cfg, data = p.cfg, p.data
@@ -197,12 +186,19 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
                                 warmup_epochs=cfg.sched.warmup_epochs, pct_start=cfg.sched.pct_start)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
     amp_dtype = _amp_dtype(t.precision, device)
+    console = RunConsole() if is_main else None
+    # One agreement before anything is written or trained: a signal received while the run was set up (or its ranks
+    # started) stops it here, rather than after a step (and a compilation) whose work would be discarded.
+    if distributed.any_rank(flag.signum is not None, device):
+        if is_main:
+            console.note(f"stopped by signal {flag.signum} before training resumed; the checkpoint is unchanged. "
+                         f"{signals.resume_hint(p.run_dir)}" if cfg.resume else signals.before_training_note(flag.signum))
+        raise StopRun(flag.signum)
     files = MetricsFiles(p.run_dir) if is_main else None
     tensorboard = TensorBoardLog(p.run_dir) if is_main and cfg.logger == "tensorboard" else None
-    console = RunConsole() if is_main else None
     if is_main and not cfg.resume:  # the book's 2x4 `apply` grid of this run's train pipeline, from its own seed
-        from augrun.preview import write_run_preview
-        write_run_preview(p.data.train.images[0], p.train_ops, p.backend, p.run_dir / "preview.png", seed=cfg.seed)
+        from augrun.drawing import write_run_preview
+        write_run_preview(p.data.train.images[0], p.train_ops, p.backend, p.run_dir / rundir.PREVIEW, seed=cfg.seed)
 
     start_epoch, state, records, total_seconds = 1, EpochState.fresh(device), [], 0.0
     if cfg.resume:
@@ -230,10 +226,11 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
                 "rng": checkpoint.rng_states()}, p.run_dir / checkpoint.CHECKPOINT)
 
     def stop(where: str) -> None:
+        """Leave after the checkpoint every rank agreed on; rank 0 says so once and marks the run stopped."""
         if is_main:
-            console.note(f"stopped by signal {flag.signum} {where}; checkpoint saved. Resume with the same overrides "
-                         f"plus: hydra.run.dir={p.run_dir} resume=true")
-        raise StopRun(flag.status)
+            files.write_summary(summary("stopped", records, t.epochs, None, p.placement.device_names(), total_seconds))
+            console.note(f"stopped by signal {flag.signum} {where}; checkpoint saved. {signals.resume_hint(p.run_dir)}")
+        raise StopRun(flag.signum)
 
     progress_every = max(1, steps // t.progress_updates)
     checks = 0
@@ -300,7 +297,7 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
 
 def _draw_curves(records: list[dict[str, Any]], run_dir: Path, epochs: int) -> None:
     from augrun.curves import plot_curves
-    plot_curves(records, run_dir / "curves.png", epochs=epochs)
+    plot_curves(records, run_dir / rundir.CURVES, epochs=epochs)
 
 
 def summary(status: str, records: list[dict[str, Any]], epochs: int, examples_per_s: float | None,

@@ -17,7 +17,8 @@ from augrun.augment import gpu
 from augrun.augment.cpu import build_train_transform
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline, resolve_backend
 from augrun.batches import BatchFinisher
-from augrun.cli import main, run_hydra, to_train_config
+from augrun.cli import main
+from augrun.compose import run_hydra, to_train_config
 from augrun.config import ConfigError
 from augrun.trainer import _gpu_batch_op
 from conftest import compose_train, read_metrics
@@ -282,5 +283,5 @@ def test_aug_ablation_sweeps_five_pipelines_times_three_seeds(tmp_path: Path, mo
 
 
 def test_precheck_sees_every_job_of_the_ablation_sweep():
-    from augrun.cli import expand_jobs
-    assert len(expand_jobs(["experiment=aug_ablation"], True)) == 15
+    from augrun.compose import expand_jobs, parse_command_line
+    assert len(expand_jobs(parse_command_line(["-m", "experiment=aug_ablation"]))) == 15

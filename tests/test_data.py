@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import augrun.data as data_module
+from augrun.config import ConfigError
 from augrun.data import (
     DataError,
     DataSplits,
@@ -222,7 +223,7 @@ def test_corrupt_cifar_pickle_text_starting_with_an_opcode_names_the_file(tmp_pa
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
-    with pytest.raises(DataError) as error:
+    with pytest.raises(ConfigError) as error:
         load_dataset("mnist", str(tmp_path))
     assert_one_line_naming(error, "mnist", "cifar10", "imagefolder", "synthetic")
 

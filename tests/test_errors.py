@@ -8,6 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from augrun import precheck
+from augrun.compose import parse_command_line
+from augrun.errors import UserError
 from conftest import SMOKE, run_augrun, snapshot
 
 # (overrides, text the one-line message must contain)
@@ -50,9 +53,22 @@ def assert_user_error(result, expected: str) -> None:
 
 
 @pytest.mark.parametrize("case", list(CONFIG_ERRORS))
-def test_config_error_exits_2_with_one_line(case, workdir: Path):
+def test_config_error_is_one_line_naming_the_key(case, workdir: Path, monkeypatch):
+    """In-process: the pre-check `augrun train` runs before Hydra (the subprocess cases below pin the exit status)."""
     overrides, expected = CONFIG_ERRORS[case]
     (workdir / "empty_run").mkdir()
+    monkeypatch.chdir(workdir)
+    before = snapshot(workdir)
+    with pytest.raises(UserError) as caught:
+        precheck.precheck_train(parse_command_line([*SMOKE, *overrides]), visible_gpus=lambda: 0, warn=lambda m: None)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    assert snapshot(workdir) == before  # stopped before any directory was claimed
+
+
+@pytest.mark.parametrize("case", ["unknown key", "unknown group option", "gpu backend lacking an op",
+                                  "missing dataset, no network"])
+def test_config_error_exits_2_with_one_line(case, workdir: Path):
+    overrides, expected = CONFIG_ERRORS[case]
     before = snapshot(workdir)
     result = run_augrun("train", *SMOKE, *overrides, cwd=workdir)
     assert_user_error(result, expected)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from augrun.augment.ops import parse_train_pipeline
-from augrun.preview import augmented_copies, preview_command, write_run_preview
+from augrun.drawing import augmented_copies, write_run_preview
+from augrun.preview import preview_command
 from conftest import run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"

@@ -13,7 +13,8 @@ import torchvision.transforms.v2 as T
 from augrun.augment.cpu import build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
 from augrun.batches import BatchFinisher
-from augrun.cli import main, to_train_config
+from augrun.cli import main
+from augrun.compose import to_train_config
 from augrun.config import ConfigError
 from augrun.optim import build_optimizer, build_scheduler
 from conftest import compose_train, read_metrics
@@ -41,7 +42,7 @@ def test_none_is_the_books_constant_lr():
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="sched.name"):
+    with pytest.raises(ConfigError, match="sched.name"):
         build_scheduler("step", sgd(), lr=0.1, epochs=3, steps_per_epoch=5)
 
 

@@ -90,6 +90,15 @@ def _check_argument(op: str, arg: str, key: str, value: Any) -> None:
         _check_non_negative(key, value)
 
 
+def _check_bins(key: str, kwargs: dict[str, Any]) -> None:
+    """RandAugment's magnitude indexes a table of num_magnitude_bins strengths (torchvision's default: 31)."""
+    if "magnitude" in kwargs and isinstance(kwargs["magnitude"], int):
+        bins = kwargs.get("num_magnitude_bins", 31)
+        if isinstance(bins, int) and not kwargs["magnitude"] < bins:
+            raise ConfigError(f"{key}.magnitude", f"got {kwargs['magnitude']}; valid: 0 <= magnitude < num_magnitude_bins "
+                              f"({bins})")
+
+
 def _convert_enums(kwargs: dict[str, Any]) -> dict[str, Any]:
     """YAML has strings; torchvision wants its enums for these arguments."""
     converted = dict(kwargs)
@@ -120,12 +129,17 @@ def parse_pipeline(ops: Mapping[str, Any] | None, *, prefix: str, allowed: tuple
         key = f"{prefix}.{name}"
         if name not in allowed:
             raise ConfigError(key, f"unknown augmentation op {name!r}; valid: {', '.join(sorted(allowed))}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigError(key, f"got {kwargs!r}; valid: a mapping of {name}'s arguments, e.g. "
+                              f"{key}={{{_argument_names(name)[0]}: ...}} (in YAML: `{name}: {{arg: value}}`; "
+                              f"`{name}: {{}}` for its defaults)")
         kwargs = dict(kwargs or {})
         accepted = _argument_names(name)
         for arg, value in kwargs.items():
             if arg not in accepted:
                 raise ConfigError(f"{key}.{arg}", f"unknown argument of {name}; valid: {', '.join(accepted)}")
             _check_argument(name, arg, f"{key}.{arg}", value)
+        _check_bins(key, kwargs)
         spec = OpSpec(name, kwargs, key)
         build_torchvision_op(spec)  # torchvision rejects what our checks do not know about (unknown arguments, types)
         specs.append(spec)

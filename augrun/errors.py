@@ -1,0 +1,36 @@
+"""The one family of errors a user can fix (bad config, data, paths, checkpoints), and how a command reports them.
+
+Each is printed as one line, `augrun: error: <key>: <what is wrong>; valid: <what would be>`, with exit status 2 and no
+traceback. The subclasses say where the problem lies; `key` names the config key, path or option when there is one.
+"""
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+INPUT_ERROR_STATUS = 2
+
+
+class UserError(ValueError):
+    """Anything the user can fix: one line on stderr, exit status 2."""
+
+    def __init__(self, message: str, *, key: str = ""):
+        super().__init__(message)
+        self.key = key
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def printable(text: object) -> str:
+    """``text`` (usually a path) with control characters written as Python escapes (a newline as \\n, an escape as
+    \\x1b), so that a file name cannot split a one-line message or drive the terminal; everything else unchanged."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
+
+
+def fail(message: str, status: int = INPUT_ERROR_STATUS) -> NoReturn:
+    # a message must stay one line even when it quotes a path or value that holds a line break
+    print(f"augrun: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    sys.exit(status)

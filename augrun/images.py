@@ -1,0 +1,99 @@
+"""Decode one image file into RGB/grayscale uint8 pixels, safely.
+
+`decode_image` is the only place augrun opens an image file: image-folder datasets (augrun.data) and
+``augrun preview image=...`` (augrun.preview) both call it, so both refuse the same files with the same words and
+decode the same files to the same pixels. Safely means: an image above MAX_PIXELS is refused from its header, before
+its pixels are decoded (a few-KB PNG can claim gigabytes of pixels); 16-bit files are scaled to 8 bits instead of being
+clipped; EXIF rotation is applied; and every failure is an `ImageFileError` whose message is one line, naming the file
+with `printable` so that no file name can break that line.
+
+No torch here: preview reports a bad image before importing it.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from augrun.errors import printable
+
+# PIL's own default for Image.MAX_IMAGE_PIXELS (1024**3 // 4 // 3, a 9459x9459 picture, 268 MB as RGB): far above
+# any photo a camera takes or an image a classifier trains on, and low enough that a decoding process cannot be made
+# to allocate gigabytes by a small file. Our own constant, so that a library raising PIL's global does not lift it.
+MAX_PIXELS = 89_478_485
+
+# 16-bit grayscale modes (PIL opens 16-bit grayscale PNGs and TIFFs as I;16, older versions as I): PIL's convert()
+# clips them to 0..255, which turns a whole 16-bit picture white, so they are scaled to 8 bits here instead. PIL opens
+# 16-bit RGB(A) PNGs as 8-bit RGB(A) already (it keeps the high byte), so only grayscale needs this.
+WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)  # files that keep one channel when the caller allows it
+VALID_IMAGE = "valid: an image file (PNG, JPEG, BMP, ...)"
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot or must not be decoded: one line naming the file and what would be valid. Callers
+    put their key in front (dataset.root, image)."""
+
+
+def decode_image(path: Path, *, channels: int | None = 3) -> np.ndarray:
+    """The pixels of one image file as uint8 (H, W, C), EXIF rotation applied.
+
+    ``channels``: 3 gives RGB, 1 gives grayscale, None keeps grayscale files (GRAY_MODES) at one channel and gives
+    RGB for the rest. Alpha is dropped, as torchvision's image loader does.
+    """
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it; an error instead, so that no size gets through.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # lazy: reads the header only
+                _check_size(path, image.width * image.height, f"{image.width}x{image.height}")
+                return _pixels(ImageOps.exif_transpose(image), channels)
+    except ImageFileError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # PIL's check in Image.open
+        _check_size(path, _pixels_in_pil_message(error), "")
+        # under augrun's limit, so the program lowered PIL's: that limit is what holds
+        raise ImageFileError(f"{printable(path)}: {_reason(error)}; valid: an image of at most "
+                             f"{Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except Exception as error:  # a damaged file makes PIL's decoders raise almost any type (struct.error, EOFError...)
+        raise ImageFileError(f"cannot decode {printable(path)} ({_reason(error)}); {VALID_IMAGE}") from None
+
+
+def _check_size(path: Path, pixels: int | None, dimensions: str) -> None:
+    if pixels is not None and pixels > MAX_PIXELS:
+        size = f"{dimensions} = {pixels} pixels" if dimensions else f"{pixels} pixels"
+        raise ImageFileError(f"{printable(path)} is {size}, above the limit of {MAX_PIXELS} pixels (refused unread: "
+                             f"it could be a decompression bomb); valid: an image of at most {MAX_PIXELS} pixels")
+
+
+def _pixels_in_pil_message(error: Exception) -> int | None:
+    """The size PIL names in its decompression-bomb message ("Image size (N pixels) exceeds ..."): PIL raises it from
+    Image.open, before there is an image to ask."""
+    words = str(error).replace("(", " ").split()
+    return int(words[2]) if len(words) > 2 and words[:2] == ["Image", "size"] and words[2].isdigit() else None
+
+
+def _pixels(image: Image.Image, channels: int | None) -> np.ndarray:
+    if image.mode in WIDE_GRAY_MODES:
+        image = Image.fromarray(_high_byte(np.asarray(image)))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL warns when such a palette goes straight to RGB
+    if channels is None:
+        channels = 1 if image.mode in GRAY_MODES else 3
+    pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # a copy the caller owns (asarray's is read-only)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+def _high_byte(values: np.ndarray) -> np.ndarray:
+    """16-bit values (mode I holds them in int32) to 8 bits: value >> 8, so 65535 is 255 and 0 is 0."""
+    return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format PIL can read"  # PIL's own message repeats the path
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # without the path str(error) adds
+    return printable(" ".join(str(error).split())).rstrip(".") or type(error).__name__  # no "attack.;" in ours

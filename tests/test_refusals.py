@@ -1,0 +1,332 @@
+"""Input refused up front, by class: checkpoints that are not data, directories another run owns, values the schema
+accepts but a run cannot use, malformed command lines and config files, and a stray torchrun environment.
+
+Most cases call the pre-check in-process (the same code `augrun train` runs before Hydra); a few run augrun as a
+subprocess to pin the exit status, the single stderr line and that nothing was written.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from augrun import checkpoint, precheck, rundir
+from augrun.compose import parse_command_line
+from augrun.errors import UserError
+from conftest import SMOKE, read_metrics, run_augrun, snapshot, without_timing
+from test_errors import assert_user_error
+
+
+def refusal(*argv: str) -> str:
+    """The one-line message the pre-check of `augrun train <argv>` refuses with (run in the current directory)."""
+    with pytest.raises(UserError) as caught:
+        precheck.precheck_train(parse_command_line(list(argv)), visible_gpus=lambda: 0, warn=lambda m: None)
+    message = str(caught.value)
+    assert "\n" not in message and message.strip() == message, message
+    return message
+
+
+@pytest.fixture
+def in_workdir(workdir: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+def nothing_written(workdir: Path) -> bool:
+    return not any(workdir.iterdir())
+
+
+# --- 1. a checkpoint is data, never code ------------------------------------------------------------------------------
+
+class RunsCode:
+    """Unpickling this runs a command: what a crafted checkpoint would do under full pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_checkpoint(path: Path, state) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: Path):
+    marker = tmp_path / "code_ran"
+    path = write_checkpoint(tmp_path / "run" / "checkpoint.pt", {"config": RunsCode(marker), "epoch": 1})
+    with pytest.raises(checkpoint.CheckpointError, match="is not an augrun checkpoint: it holds Python objects") as e:
+        checkpoint.load(path)
+    assert "GLOBAL posix.system" in str(e.value) and str(path) in str(e.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("state,expected", [
+    ({"weights": torch.zeros(2)}, "not an augrun checkpoint (a torch file without augrun's format marker)"),
+    ([1, 2, 3], "not an augrun checkpoint"),
+    ({"format": "augrun-checkpoint", "epoch": 1, "config": {}}, "of format version None, this augrun reads version 2"),
+    ({"format": "augrun-checkpoint", "version": 1}, "of format version 1"),
+])
+def test_a_torch_file_that_is_not_a_current_augrun_checkpoint_is_named(tmp_path: Path, state, expected):
+    path = write_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(checkpoint.CheckpointError, match="^resume: ") as caught:
+        checkpoint.load(path)
+    assert expected in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_damaged_checkpoint_names_the_field(tmp_path: Path):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_atomic({"epoch": "one", "next_step": 0}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="is damaged: 'epoch' is str, expected int"):
+        checkpoint.load(path)
+
+
+def test_a_real_checkpoint_round_trips_as_data_with_every_rng(workdir: Path):
+    result = run_augrun("train", *SMOKE, "hydra.run.dir=run", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    state = checkpoint.load(workdir / "run" / "checkpoint.pt")  # weights_only: it would raise on any Python object
+    before = torch.rand(3)
+    checkpoint.restore_rng_states(checkpoint.rng_states())
+    assert state["epoch"] == 2 and state["rng"]["numpy"]["keys"].dtype == torch.int64 and before.shape == (3,)
+
+
+def test_resuming_from_a_crafted_checkpoint_exits_2_and_runs_nothing(workdir: Path):
+    marker = workdir / "code_ran"
+    write_checkpoint(workdir / "run" / "checkpoint.pt", {"config": RunsCode(marker)})
+    result = run_augrun("train", *SMOKE, "hydra.run.dir=run", "resume=true", cwd=workdir)
+    assert_user_error(result, "resume: run/checkpoint.pt is not an augrun checkpoint")
+    assert not marker.exists()
+
+
+# --- 2. no run ever writes into another run's files --------------------------------------------------------------
+
+def make_run(path: Path) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (path / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    return path
+
+
+def make_sweep(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "multirun.yaml").write_text("hydra: {}\n")
+    make_run(path / "0")
+    return path
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["-m", "seed=0,1", "hydra.sweep.subdir=x"], "hydra.sweep.subdir: jobs 0 and 1 would write to"),
+    (["-m", "seed=0,1", "hydra.sweep.subdir=/tmp/elsewhere"], "hydra.sweep.subdir: /tmp/elsewhere puts job 0 outside"),
+    (["-m", "seed=0,1", "hydra.sweep.subdir=../up"], "hydra.sweep.subdir: ../up puts job 0 outside"),
+    (["-m", "aug=none,flip_only", "hydra.sweep.subdir=a${hydra.job.num}/${hydra.job.override_dirname}"], None),
+    (["hydra.output_subdir=../other/.hydra"], "hydra.output_subdir: ../other/.hydra is outside the run directory"),
+    (["hydra.output_subdir=/abs/.hydra"], "hydra.output_subdir: /abs/.hydra is outside"),
+    (["hydra.run.dir=sweep"], "hydra.run.dir: sweep is a sweep root, not a run directory"),
+    (["hydra.run.dir=sweep/0/inner"], "hydra.run.dir: sweep/0/inner is inside the run"),
+    (["hydra.run.dir=sweep/new"], "hydra.run.dir: sweep/new is inside the sweep"),
+    (["-m", "seed=0", "hydra.sweep.dir=run/sweep"], "hydra.sweep.dir: run/sweep is inside the run"),
+    (["-m", "seed=0", "hydra.sweep.dir=run"], "hydra.sweep.dir: run holds a single run, not a sweep"),
+    (["-m", "seed=0", "hydra.sweep.dir=sweep"], "hydra.sweep.dir: sweep already holds a sweep; valid: resume=true"),
+    (["hydra.run.dir=run"], "hydra.run.dir: run already holds a run; valid: resume=true"),
+    (["hydra.run.dir=."], "already holds the run or sweep"),
+    (["-m", "seed=0", "hydra.sweep.dir=."], "already holds the run or sweep"),
+    (["hydra.run.dir=a_file"], "hydra.run.dir: cannot write under a_file (not a writable directory)"),
+    (["hydra.run.dir=a_file/run"], "hydra.run.dir: cannot write under a_file (not a writable directory)"),
+    (["hydra.run.dir=dangling/run"], "hydra.run.dir: dangling is a broken symbolic link"),
+])
+def test_a_directory_owned_by_another_run_or_sweep_is_refused(in_workdir: Path, argv, expected):
+    make_run(in_workdir / "run")
+    make_sweep(in_workdir / "sweep")
+    (in_workdir / "a_file").write_text("")
+    (in_workdir / "dangling").symlink_to(in_workdir / "missing")
+    before = snapshot(in_workdir)
+    if expected is None:  # the per-job subdirs differ: accepted (claimed, so a directory appears)
+        precheck.precheck_train(parse_command_line([*SMOKE, *argv]), visible_gpus=lambda: 0, warn=lambda m: None)
+        return
+    assert expected in refusal(*SMOKE, *argv)
+    assert snapshot(in_workdir) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_a_path_on_a_special_file_system_is_refused_before_anything(in_workdir: Path):
+    assert "hydra.run.dir: cannot create /proc/augrun-run" in refusal(*SMOKE, "hydra.run.dir=/proc/augrun-run")
+
+
+def test_a_claim_is_exclusive_and_a_clock_named_directory_moves_aside(tmp_path: Path):
+    first = rundir.claim(tmp_path / "12-00-00", "hydra.run.dir", kind="run", resume=False, may_rename=True)
+    second = rundir.claim(tmp_path / "12-00-00", "hydra.run.dir", kind="run", resume=False, may_rename=True)
+    assert (first.name, second.name) == ("12-00-00", "12-00-00-1")
+    with pytest.raises(rundir.RunDirError, match="hydra.run.dir: .* is already taken by another run"):
+        rundir.claim(tmp_path / "12-00-00", "hydra.run.dir", kind="run", resume=False, may_rename=False)
+
+
+@pytest.mark.slow
+def test_two_runs_started_in_the_same_second_never_share_a_directory(workdir: Path):
+    # the directory is named by the clock's year: both runs resolve the same name, whatever their timing
+    overrides = [*SMOKE, "hydra.run.dir=outputs/${now:%Y}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    processes = [subprocess.Popen([sys.executable, "-m", "augrun", "train", *overrides], cwd=workdir, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    runs = sorted(p.name for p in (workdir / "outputs").iterdir())
+    year = runs[0]
+    assert runs == [year, f"{year}-1"]
+    for run in runs:
+        assert len(read_metrics(workdir / "outputs" / run)) == 1  # one run's epoch each, never both in one file
+
+
+# --- 4. an interrupted sweep continues --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_resume_true_continues_a_sweep_keeping_finished_jobs(workdir: Path):
+    sweep = ["-m", *SMOKE, "seed=0,1,2", "trainer.epochs=3", "hydra.sweep.dir=sweep"]
+    reference_dir = workdir / "reference"
+    reference_dir.mkdir()
+    assert run_augrun("train", *sweep, cwd=reference_dir).returncode == 0
+    # killed (the whole group, SIGKILL: no chance to clean up) once job 1 has checkpointed its first epoch
+    process = subprocess.Popen([sys.executable, "-m", "augrun", "train", *sweep], cwd=workdir, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = workdir / "sweep"
+    deadline = time.monotonic() + 120
+    while not (root / "1" / "checkpoint.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the sweep ended before job 1 checkpointed"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert rundir.job_progress(root / "1") == "interrupted" and not (root / "2").exists()
+    kept = snapshot(root / "0")
+
+    again = run_augrun("train", *sweep, cwd=workdir)
+    assert_user_error(again, "hydra.sweep.dir: sweep already holds a sweep; valid: resume=true to continue it")
+    resumed = run_augrun("train", *sweep, "resume=true", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "job 0 completed before; kept as it is" in resumed.stderr
+    assert {k: v for k, v in snapshot(root / "0").items() if not k.startswith(".hydra")} == \
+        {k: v for k, v in kept.items() if not k.startswith(".hydra")}  # results untouched; Hydra rewrites its config
+    for job in ("0", "1", "2"):  # finished, continued and started: each equal to the uninterrupted sweep's, bitwise
+        assert without_timing(read_metrics(root / job)) == without_timing(read_metrics(reference_dir / "sweep" / job))
+    assert "| all | 3 | 0 |" in (root / "comparison.md").read_text()
+
+
+# --- 5. values the schema accepts but a run cannot use ----------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["optim.lr=nan"], "optim.lr: got nan; valid: a finite number"),
+    (["optim.weight_decay=inf"], "optim.weight_decay: got inf; valid: a finite number"),
+    (["aug=color_jitter", "aug.train.ColorJitter.brightness=nan"], "aug.train.ColorJitter.brightness: got nan"),
+    (["aug=crop", "aug.train.RandomResizedCrop.scale=[0.1,inf]"], "aug.train.RandomResizedCrop.scale[1]: got inf"),
+    (["aug=randaugment", "aug.train.RandAugment.magnitude=100"], "aug.train.RandAugment.magnitude: got 100"),
+    (["+aug.train.RandomCrop.size=64"], "aug.train.RandomCrop: fails on a 32x32 image: Required crop size (64, 64)"),
+    (["+aug.train.RandomRotation.degrees=30", "+aug.train.RandomRotation.expand=true"],
+     "aug.train: the pipeline gives images of different sizes"),
+    (["dataset.image_size=1"], "model: small_cnn cannot train on 3x1x1 images"),
+    (["aug=crop", "aug.train.RandomResizedCrop.size=1"], "model: small_cnn cannot train on 3x1x1 images"),
+    (["dataset.train_size=1000000000"], "dataset.train_size: the decoded dataset needs about"),
+    (["dataset.image_size=100000"], "dataset.image_size: the decoded dataset needs about"),
+    (["+aug.batch.MixUp.alpha=0"], "aug.batch.MixUp"),
+])
+def test_a_value_the_run_cannot_use_is_refused_by_the_dry_run(in_workdir: Path, overrides, expected):
+    assert expected in refusal(*SMOKE, *overrides)
+    assert nothing_written(in_workdir)
+
+
+def test_the_dry_run_refuses_on_the_gpu_backend_too(in_workdir: Path):
+    message = refusal(*SMOKE, "aug.backend=gpu", "+aug.train.RandomCrop.size=64")
+    assert message.startswith("aug.train.RandomCrop: fails on a 3x32x32 image")
+
+
+@pytest.mark.slow
+def test_a_dry_run_refusal_exits_2_leaving_nothing(workdir: Path):
+    result = run_augrun("train", *SMOKE, "+aug.train.RandomCrop.size=64", cwd=workdir)
+    assert_user_error(result, "aug.train.RandomCrop: fails on a 32x32 image")
+    assert nothing_written(workdir)
+
+
+# --- 6. malformed command lines and config files -------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,expected", [
+    (["+aug.train.ColorJitter=[0.5,0.5]"], "aug.train.ColorJitter: got [0.5, 0.5]; valid: a mapping of ColorJitter's"),
+    (["+aug.train.ColorJitter=0.5"], "aug.train.ColorJitter: got 0.5; valid: a mapping"),
+    (["aug.train=[1,2]"], "aug.train: must be a mapping of op name to its arguments"),
+    (["aug.batch=3"], "aug.batch: must be a mapping of batch op name"),
+    (["trainer=5"], "trainer=5: Config group override must be a string"),
+    (["dataset.root=caf\u00e9/x"], "dataset.root=caf\u00e9/x: not a valid override"),
+    (["seed=[1"], "seed=[1: not a valid override"),
+    (["trainer.epochs={a:1"], "trainer.epochs={a:1: not a valid override"),
+    (["--cfg"], "--cfg: needs one of job, hydra, all"),
+    (["--cfg", "everything"], "--cfg: got 'everything'; valid: job, hydra, all"),
+    (["--multi"], "--multi: unknown flag; valid: --multirun"),
+    (["--config-path", "nowhere"], "--config-path: nowhere is not a directory"),
+    (["--config-dir=nowhere"], "--config-dir: nowhere is not a directory"),
+    (["-cn", "nope"], "--config-name: Cannot find primary config 'nope'"),
+])
+def test_a_malformed_command_line_is_one_line_naming_it(in_workdir: Path, argv, expected):
+    assert refusal(*SMOKE, *argv).startswith(expected)
+
+
+def test_a_bad_sweep_range_names_the_sweep(in_workdir: Path):
+    assert "not a valid override" in refusal(*SMOKE, "-m", "seed=range(1,x)")
+
+
+def write_aug(folder: Path, name: str, text: str) -> Path:
+    (folder / "aug").mkdir(parents=True, exist_ok=True)
+    (folder / "aug" / f"{name}.yaml").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("yaml,expected", [
+    ("train:\n  - RandomHorizontalFlip\n", "aug.train (in aug/mine.yaml): must be a mapping of op name to its"),
+    ("train:\n  ColorJitter: [0.5, 0.5]\n", "aug.train.ColorJitter: got [0.5, 0.5]; valid: a mapping"),
+    ("train:\n  RandomHorizontalFlip: {p: .inf}\n", "aug.train.RandomHorizontalFlip.p: got inf"),
+])
+def test_a_malformed_aug_yaml_in_a_config_dir_is_one_line(in_workdir: Path, yaml, expected):
+    write_aug(in_workdir / "extra", "mine", yaml)
+    assert refusal(*SMOKE, "--config-dir", "extra", "aug=mine").startswith(expected)
+
+
+@pytest.mark.slow
+def test_a_config_dir_adds_options_the_pre_check_and_hydra_both_see(workdir: Path):
+    write_aug(workdir / "extra", "vertical", "backend: cpu\ntrain:\n  RandomVerticalFlip: {p: 0.5}\n")
+    result = run_augrun("train", *SMOKE, "--config-dir", "extra", "aug=vertical", "hydra.run.dir=run", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "RandomVerticalFlip" in (workdir / "run" / ".hydra" / "config.yaml").read_text()
+
+
+def test_an_unknown_flag_exits_2_with_one_line(workdir: Path):
+    assert_user_error(run_augrun("train", "--bogus", cwd=workdir), "--bogus: unknown flag")
+
+
+# --- 8. the environment ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env,expected", [
+    ({"RANK": "1"}, "RANK: set in the environment, but WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not"),
+    ({"LOCAL_RANK": "0"}, "LOCAL_RANK: set in the environment, but RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not"),
+    ({"RANK": "x", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK: got 'x'; valid: a non-negative"),
+    ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK: got 2 with WORLD_SIZE=2"),
+    ({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "h", "MASTER_PORT": "70000"}, "MASTER_PORT: got 70000"),
+])
+def test_a_partial_or_malformed_torchrun_environment_is_refused(env, expected):
+    with pytest.raises(UserError) as caught:
+        precheck.check_torchrun_environment(env)
+    assert str(caught.value).startswith(expected)
+
+
+def test_torchrun_environment_is_recognised_when_complete():
+    assert precheck.check_torchrun_environment({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29500"})
+    assert not precheck.check_torchrun_environment({})
+
+
+def test_an_inherited_rank_exits_2_instead_of_training_into_a_temporary_directory(workdir: Path):
+    result = run_augrun("train", *SMOKE, cwd=workdir, env={"RANK": "1"})
+    assert_user_error(result, "RANK: set in the environment, but WORLD_SIZE")
+    assert nothing_written(workdir)

@@ -1,0 +1,204 @@
+"""SIGINT/SIGTERM sent, as a terminal's Ctrl-C, `timeout` and Slurm send them, to augrun's whole process group.
+
+Real processes and real signals: augrun runs in a session of its own, and the signal goes to its process group with
+os.killpg, DataLoader workers and DDP ranks included. To be deterministic the tests signal on an observable event,
+never after a fixed sleep alone: a line a training step prints (STEP_MARKER), or augrun's handler showing in /proc.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from augrun import checkpoint, compare
+from conftest import SMOKE, read_metrics, run_augrun, without_timing
+
+pytestmark = pytest.mark.slow
+
+TRAIN_SIZE = 320  # experiment=smoke: 5 steps of 64 an epoch
+# the cpu backend, with DataLoader workers (trainer.workers=2 in experiment=smoke) and an augmentation that draws
+RUN = [*SMOKE, "trainer.epochs=3", "aug=flip_color_crop", "aug.backend=cpu", "hydra.run.dir=run"]
+# DDP ranks run without DataLoader workers here: forking a worker from a process with threads (gloo's) can deadlock
+# in CPython 3.11 before 3.11.10 (python/cpython#112275), which would make these tests fail for a reason of their own
+DDP = ["trainer.nprocs=2", "trainer.workers=0"]
+# Slurm sends SIGKILL this long after SIGTERM (KillWait's default): a stop must be over well within it
+SLURM_KILL_WAIT_S = 30
+MARKED_STEP = 7  # a process's 7th training step: epoch 2, step 2 of 5
+MARKER_LINE = f"test: training step {MARKED_STEP}"
+
+STEP_MARKER = f'''
+# sitecustomize for the test, loaded by every Python process: at its {MARKED_STEP}th training step a process prints
+# "{MARKER_LINE}", and from then on each step takes 0.3 s longer, so that a signal sent on reading the line lands
+# mid-epoch however fast the machine is
+import time
+import torch
+original = torch.nn.CrossEntropyLoss.forward
+steps = 0
+def forward(self, logits, target):
+    global steps
+    if torch.is_grad_enabled():
+        steps += 1
+        if steps == {MARKED_STEP}:
+            print("{MARKER_LINE}", flush=True)
+        if steps >= {MARKED_STEP}:
+            time.sleep(0.3)
+    return original(self, logits, target)
+torch.nn.CrossEntropyLoss.forward = forward
+'''
+
+
+class Augrun:
+    """`python -m augrun ...` in a session of its own (its own process group), as a shell job or a Slurm step runs;
+    stdout and stderr are read as they come, so that the test can wait for a line."""
+
+    def __init__(self, workdir: Path, *args: str, hooks: Path | None = None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"PYTHONPATH": str(hooks)} if hooks else {})}
+        self.process = subprocess.Popen([sys.executable, "-m", "augrun", *args], cwd=workdir, env=env,
+                                        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.readers = [threading.Thread(target=lines.extend, args=(stream,), daemon=True)
+                        for stream, lines in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))]
+        for reader in self.readers:
+            reader.start()
+
+    def wait_until(self, ready, what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert self.process.poll() is None, f"augrun ended before {what}:\n{''.join(self.stderr)[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        status = self.process.wait(timeout)
+        for reader in self.readers:
+            reader.join(timeout)
+        return status, "".join(self.stdout), "".join(self.stderr)
+
+
+@pytest.fixture
+def marker_hooks(tmp_path: Path) -> Path:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(STEP_MARKER)
+    return hooks
+
+
+def stopped_mid_epoch(workdir: Path, *args: str, signum: int, hooks: Path, to_group: bool = True):
+    """augrun signalled at MARKED_STEP: its exit status, stdout and stderr. It must be over well before Slurm would
+    follow its SIGTERM with SIGKILL."""
+    run = Augrun(workdir, *args, hooks=hooks)
+    run.wait_until(lambda: any(MARKER_LINE in line for line in run.stdout), f"line {MARKER_LINE!r}")
+    sent = time.monotonic()
+    if to_group:
+        os.killpg(run.process.pid, signum)  # the DataLoader workers and the ranks get it too
+    else:
+        run.process.send_signal(signum)  # the launcher alone, as a scheduler may signal it
+    finished = run.finish()
+    assert time.monotonic() - sent < SLURM_KILL_WAIT_S / 3
+    return finished
+
+
+def assert_one_clean_stop_line(stdout: str, stderr: str, signum: int, resume_hint: str) -> None:
+    """The stop is told once, in one line naming the signal, the step and how to resume, and nothing went wrong."""
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr and "augrun: error" not in stderr, stderr
+    notes = [line for line in (stdout + stderr).splitlines() if "stopped by signal" in line]
+    assert len(notes) == 1, stdout + stderr
+    assert notes[0].startswith(f"stopped by signal {signum} at epoch 2, step ")
+    assert notes[0].endswith(f"; checkpoint saved. {resume_hint}")
+
+
+def run_resume_hint(run_dir: Path) -> str:
+    return f"Resume with the same overrides plus: hydra.run.dir={run_dir} resume=true"
+
+
+def saved_position(run_dir: Path) -> tuple[int, int]:
+    state = torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=False)
+    return state["epoch"], state["next_step"]
+
+
+def resume(workdir: Path, *overrides: str) -> list[dict]:
+    result = run_augrun("train", *overrides, "resume=true", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return read_metrics(workdir / "run")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[dict]:
+    """The reference: the same run, never stopped."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = run_augrun("train", *RUN, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return read_metrics(workdir / "run")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_group_signal_checkpoints_mid_epoch_and_resumes_bitwise(signum, workdir: Path, marker_hooks: Path,
+                                                                 uninterrupted):
+    status, stdout, stderr = stopped_mid_epoch(workdir, "train", *RUN, signum=signum, hooks=marker_hooks)
+    assert status == 128 + signum
+    assert_one_clean_stop_line(stdout, stderr, signum, run_resume_hint(workdir / "run"))
+    epoch, step = saved_position(workdir / "run")
+    assert epoch == 2 and 0 < step < 5  # mid-epoch: the partial epoch is kept
+    assert json.loads((workdir / "run" / "summary.json").read_text())["status"] == "stopped"
+    assert without_timing(resume(workdir, *RUN)) == without_timing(uninterrupted)  # bitwise: floats compared exactly
+
+
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGTERM, True), (signal.SIGINT, False)],
+                         ids=["SIGTERM-to-group", "SIGINT-to-launcher"])
+def test_ddp_ranks_stop_at_the_same_step_and_resume(signum, to_group, workdir: Path, marker_hooks: Path):
+    status, stdout, stderr = stopped_mid_epoch(workdir, "train", *RUN, *DDP, signum=signum, to_group=to_group,
+                                               hooks=marker_hooks)
+    assert status == 128 + signum
+    assert_one_clean_stop_line(stdout, stderr, signum, run_resume_hint(workdir / "run"))
+    assert "rank" not in stderr  # no rank reported as failed or died
+    assert saved_position(workdir / "run")[0] == 2
+
+    records = resume(workdir, *RUN, *DDP)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record in records:  # every image counted once: the ranks stopped, checkpointed and resumed at the same step
+        assert record["examples_per_s"] * record["seconds"] == pytest.approx(TRAIN_SIZE)
+
+
+def test_signal_stops_a_sweep_and_marks_its_job_stopped(workdir: Path, marker_hooks: Path):
+    sweep = workdir / "sweep"
+    status, stdout, stderr = stopped_mid_epoch(workdir, "train", "-m", *SMOKE, *DDP, "trainer.epochs=3", "seed=0,1",
+                                               f"hydra.sweep.dir={sweep}", signum=signal.SIGTERM, hooks=marker_hooks)
+    assert status == 143
+    assert_one_clean_stop_line(stdout, stderr, signal.SIGTERM, "Resume the sweep with the same command plus: "
+                                                               f"hydra.sweep.dir={sweep} resume=true")
+    assert not (sweep / "1").exists()  # no later job started
+    job = compare.load_run(sweep / "0")
+    assert job.status == "stopped" and job.error == "stopped after 1 of 3 epochs"
+
+
+def wait_for_augrun_handler(run: Augrun) -> None:
+    """Until `augrun train` has installed its handler, the first thing it does: SIGTERM shows as caught in /proc
+    (Python itself catches SIGINT from the start, SIGTERM only when asked)."""
+    status = Path(f"/proc/{run.process.pid}/status")
+
+    def sigterm_caught() -> bool:
+        fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        return bool(int(fields["SigCgt"], 16) & (1 << (signal.SIGTERM - 1)))
+    run.wait_until(sigterm_caught, "SIGTERM handler")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc to see the handler")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_before_training_exits_with_one_line_and_leaves_nothing(signum, workdir: Path):
+    run = Augrun(workdir, "train", *RUN)
+    wait_for_augrun_handler(run)  # the pre-check (importing torch, loading data) then takes seconds more
+    os.killpg(run.process.pid, signum)
+    status, stdout, stderr = run.finish()
+    assert status == 128 + signum
+    assert stderr == f"augrun: stopped by signal {signum} before training started; nothing to resume\n"
+    assert stdout == "" and list(workdir.iterdir()) == []
