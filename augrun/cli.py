@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from augrun.compose import parse_command_line, run_hydra, to_train_config
 from augrun import rundir
@@ -43,15 +43,15 @@ def train_task(cfg: DictConfig) -> None:
     from augrun.data import DataError
 
     flag = signals.SignalFlag.installed()
-    flag.stop_at_once = False  # from here on a signal is the training loop's to act on, after its checkpoint
-    if flag.signum is not None:  # stopped between two sweep jobs: start no more
-        raise signals.Stopped(flag.signum, signals.before_training_note(flag.signum))
+    flag.stop_at_once = None  # from here on a signal is the training loop's to act on, after its checkpoint
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     typed: TrainConfig | None = None
     stopped = None
     try:
+        if flag.signum is not None:  # received while Hydra set this job up, or between two sweep jobs: start no more
+            raise signals.Stopped(flag.signum, signals.before_training_note(flag.signum))
         typed = to_train_config(cfg)
         job_num = hydra_cfg.job.num if multirun else 0
         if multirun and typed.resume:  # a resumed sweep: keep finished jobs, continue interrupted ones, start the rest
@@ -73,8 +73,7 @@ def train_task(cfg: DictConfig) -> None:
         if flag.signum is not None:
             stopped = _stopped_by_failure(flag.signum, message, run_dir, typed)
     if stopped is not None:  # raised here, not in the except block: the error's frames (and workers) are let go first
-        if not multirun and not (typed and typed.resume):
-            _release_unstarted_run(run_dir)
+        _release_unstarted_run(run_dir)
         raise stopped
     if typed is not None and not typed.resume:
         _write_failure_summary(run_dir, message)
@@ -144,6 +143,7 @@ def _write_failure_summary(run_dir: Path, message: str) -> None:
 
 def train_command(argv: list[str]) -> None:
     from augrun import precheck
+    sweep_root = None
     try:
         command = parse_command_line(argv)
         joining = precheck.check_torchrun_environment()
@@ -152,14 +152,24 @@ def train_command(argv: list[str]) -> None:
         elif joining and os.environ["RANK"] != "0" and not command.multirun:
             hydra_argv = _joining_rank_argv(command)  # rank 0 checks and writes; the others only join
         else:
-            hydra_argv = precheck.precheck_train(command, visible_gpus=_visible_gpus, warn=lambda message: None)
+            hydra_argv, claimed = precheck.precheck_train(command, visible_gpus=_visible_gpus, warn=lambda message: None)
+            sweep_root = claimed if command.multirun else None
     except UserError as error:
         fail(str(error))
-    from augrun.compare import SweepReport
-    SweepReport.failed_jobs = []
     run_hydra(train_task, "train", hydra_argv)
-    if SweepReport.failed_jobs:
-        fail(f"{len(SweepReport.failed_jobs)} sweep job(s) failed: {', '.join(SweepReport.failed_jobs)}", 1)
+    failed = _failed_jobs(sweep_root) if sweep_root is not None else []
+    if failed:
+        fail(f"{len(failed)} sweep job(s) failed: {', '.join(failed)}", 1)
+
+
+def _failed_jobs(sweep_root: Path) -> list[str]:
+    """The sweep's failed jobs, read from their directories (whichever launcher ran them, in whichever process)."""
+    from augrun.compare import find_runs, load_run
+    try:
+        runs = [load_run(path) for path in find_runs([sweep_root])]
+    except UserError:  # no job wrote anything: Hydra has reported why
+        return []
+    return [str(run.path) for run in runs if not run.ok and run.status != "stopped"]
 
 
 def _visible_gpus() -> int:
@@ -179,13 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "train":
         # Ctrl-C or SIGTERM while the command starts (imports, pre-check, data) abandons it at once, in one line;
         # train_task hands later ones to the training loop (augrun.signals)
-        signals.SignalFlag.installed().stop_at_once = True
+        signals.SignalFlag.installed().stop_at_once = _before_hydra_runs
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
     commands = {"train": train_command, "preview": _lazy("augrun.preview", "preview_command"),
-                "compare": _lazy("augrun.compare", "compare_command")}
+                "compare": _lazy("augrun.compare_command", "compare_command")}
     if command not in commands:
         fail(f"unknown command {command!r}; valid: {', '.join(commands)} (augrun --help)")
     try:
@@ -197,6 +207,18 @@ def main(argv: list[str] | None = None) -> None:
     if note:
         print(f"augrun: {note}", file=sys.stderr)
     sys.exit(status)
+
+
+def _before_hydra_runs(frame) -> bool:
+    """Whether a signal interrupts the command before it handed over to Hydra. Inside Hydra it must not raise
+    wherever Hydra happens to be: Hydra writes a job's config without an atomic rename, and a parallel launcher
+    (joblib) has to wait for its jobs, which stop on the same signal by themselves. It is recorded instead, and the
+    job's train_task acts on it."""
+    while frame is not None:
+        if frame.f_code is run_hydra.__code__:
+            return False
+        frame = frame.f_back
+    return True
 
 
 def _lazy(module: str, name: str):

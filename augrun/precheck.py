@@ -64,8 +64,9 @@ def check_torchrun_environment(env=os.environ) -> bool:
     return True
 
 
-def precheck_train(command: CommandLine, *, visible_gpus, warn) -> list[str]:
-    """Check every job of `augrun train`; return the argv for Hydra, with the claimed directory pinned in it."""
+def precheck_train(command: CommandLine, *, visible_gpus, warn) -> tuple[list[str], Path]:
+    """Check every job of `augrun train`; return the argv for Hydra, with the claimed directory pinned in it, and that
+    directory (the run's, or the sweep's root)."""
     jobs_overrides = expand_jobs(command)
     configs = [compose(command, overrides) for overrides in jobs_overrides]
     target = _target(configs[0], command.multirun)
@@ -85,7 +86,7 @@ def precheck_train(command: CommandLine, *, visible_gpus, warn) -> list[str]:
         trainer.prepare(job.typed, job.run_dir, visible_gpus=visible_gpus(), warn=warn, job_num=job.number,
                         rehearse=True)
     claimed = rundir.claim(target.path, target.key, kind=target.kind, resume=resume, may_rename=target.from_clock)
-    return command.hydra_argv([f"{target.key}={quote_override_value(str(claimed))}"])
+    return command.hydra_argv([f"{target.key}={quote_override_value(str(claimed))}"]), claimed
 
 
 def _target(cfg: DictConfig, multirun: bool) -> Target:

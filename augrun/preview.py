@@ -34,8 +34,6 @@ from augrun.drawing import DPI, augmented_copies, read_image, render_grid
 from augrun.errors import UserError, fail, first_line, printable
 
 if TYPE_CHECKING:
-    import torch
-
     from augrun.augment.ops import OpSpec
 
 CONFIG_NAME = "preview"

@@ -3,11 +3,13 @@ Slurm send them, to its whole process group (DataLoader workers and DDP ranks in
 
 The main process alone decides. Its handler (`SignalFlag`, one per process) raises `Stopped` at once while the command
 starts (imports, the pre-check, data loading: work that is simply abandoned, every file augrun writes being written
-atomically); once a run is being set up it only records the signal, and the training loop finishes its step, lets the
-ranks agree, checkpoints and raises `Stopped` itself. Child processes are started with both signals held
-(`held_for_children`) so that one sent to the group while a child starts waits until the child has set its own
-handling: a DDP rank takes them like the main process (`take_in_rank`); a DataLoader worker leaves them to its parent
-(`leave_to_parent`), which shuts it down once it has stopped.
+atomically). Once Hydra runs the command it only records the signal: a job checks it before it starts, and the
+training loop between steps, finishing its step, letting the ranks agree, checkpointing, then raising `Stopped`.
+
+Child processes are started with both signals held (`held_for_children`), so that one sent to the group while a child
+starts waits until the child has set its own handling: a DDP rank takes them as the main process does
+(`take_in_rank`); a DataLoader worker leaves them to its parent (`leave_to_parent`), which shuts it down once it has
+checkpointed.
 
 No torch import: the command line installs the handler before it imports anything heavy.
 """
@@ -17,17 +19,17 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from augrun import rundir
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-STOP_STATUSES = tuple(128 + signum for signum in STOP_SIGNALS)  # the shell's convention: 130, 143
 
 
 class Stopped(BaseException):
-    """A SIGINT/SIGTERM ended the command; `status` is its exit status.
+    """A SIGINT/SIGTERM ended the command; `status` is its exit status, the shell's 128 + signal number (130, 143).
 
     A BaseException, as KeyboardInterrupt is, so that no `except Exception` on its way (Hydra's job runner, a reader's
     fallback, torch's process wrapper) takes it for a failure. `note` is the one line still to print, or None when it
@@ -56,16 +58,16 @@ class SignalFlag:
     """The process's SIGINT/SIGTERM handler, installed once: a signal that lands between two sweep jobs, or while an
     epoch is evaluated, must still stop the run at the next check instead of being lost with a job's own handler.
 
-    `stop_at_once`: raise Stopped from wherever the main thread is (the command's start), instead of only recording
-    the signal for the training loop to act on. The first signal decides the exit status; later ones change nothing
-    and interrupt nothing, so the clean-up after the first is not cut short.
+    `stop_at_once(frame)`, when set and true for the frame the signal interrupts: raise Stopped from there (the
+    command's start), instead of only recording the signal for the training loop to act on. The first signal decides
+    the exit status; later ones change nothing and interrupt nothing, so the clean-up after the first is not cut short.
     """
 
     _instance: SignalFlag | None = None
 
     def __init__(self):
         self.signum: int | None = None
-        self.stop_at_once = False
+        self.stop_at_once: Callable[[FrameType | None], bool] | None = None
         self._pid = os.getpid()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
@@ -82,17 +84,13 @@ class SignalFlag:
         if self.signum is not None:
             return
         self.signum = signum
-        if self.stop_at_once:
+        if self.stop_at_once is not None and self.stop_at_once(frame):
             raise Stopped(signum, before_training_note(signum))
 
     def record(self, signum: int) -> None:
         """A signal this process learnt of without its handler (a DDP launcher's, which passes it on)."""
         if self.signum is None:
             self.signum = signum
-
-    @property
-    def status(self) -> int:
-        return 128 + (self.signum or 0)
 
 
 @contextlib.contextmanager
@@ -108,12 +106,11 @@ def held_for_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def take_in_rank() -> SignalFlag:
+def take_in_rank() -> None:
     """In a DDP rank started by augrun (under `held_for_children`): record SIGINT/SIGTERM for the training loop, then
     take those sent while the rank started."""
-    flag = SignalFlag.installed()
+    SignalFlag.installed()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    return flag
 
 
 def leave_to_parent(worker_id: int = 0) -> None:

@@ -43,7 +43,7 @@ class Prepared:
     config_dict: dict[str, Any]
 
 
-# A signal stopped the run (rank 0 has printed the note); carries the exit status (130 SIGINT, 143 SIGTERM)
+# raised when a signal stopped the run, rank 0 having printed the note; carries the exit status (130, 143)
 StopRun = signals.Stopped
 
 
@@ -190,9 +190,11 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     # One agreement before anything is written or trained: a signal received while the run was set up (or its ranks
     # started) stops it here, rather than after a step (and a compilation) whose work would be discarded.
     if distributed.any_rank(flag.signum is not None, device):
-        if is_main:
+        if is_main and cfg.resume:
             console.note(f"stopped by signal {flag.signum} before training resumed; the checkpoint is unchanged. "
-                         f"{signals.resume_hint(p.run_dir)}" if cfg.resume else signals.before_training_note(flag.signum))
+                         f"{signals.resume_hint(p.run_dir)}")
+        elif is_main:
+            console.note(signals.before_training_note(flag.signum))
         raise StopRun(flag.signum)
     files = MetricsFiles(p.run_dir) if is_main else None
     tensorboard = TensorBoardLog(p.run_dir) if is_main and cfg.logger == "tensorboard" else None

@@ -7,7 +7,7 @@ import pytest
 
 from augrun.augment.ops import parse_train_pipeline, resolve_backend
 from augrun.config import ConfigError
-from conftest import SMOKE, read_metrics, run_augrun
+from helpers import SMOKE, read_metrics, run_augrun
 
 FLIP_COLOR_CROP = parse_train_pipeline({"RandomHorizontalFlip": {"p": 0.5},
                                         "ColorJitter": {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.5},

@@ -19,15 +19,16 @@ import pytest
 from PIL import Image
 
 import augrun.data
-from augrun.compare import compare_command, find_runs, load_run, write_report
+from augrun.compare import find_runs, load_run, write_report
+from augrun.compare_command import compare_command
 from augrun.config import ConfigError
 from augrun.data import DataError, load_image_folder
 from augrun.errors import printable
 from augrun.images import MAX_PIXELS, ImageFileError, decode_image
 from augrun.drawing import read_image
-from conftest import SMOKE, run_augrun, snapshot
+from helpers import SMOKE, run_augrun, snapshot
 from test_compare import epochs_for, make_run, make_sweep
-from test_errors import assert_user_error, make_image_folder
+from helpers import assert_user_error, make_image_folder
 
 BOMB_SIDE = 12000  # 144 Mpx: above MAX_PIXELS, below twice PIL's limit, where PIL only warns
 
@@ -368,7 +369,7 @@ def test_bad_out_and_unknown_flags(tmp_path: Path, capsys, monkeypatch):
     }
     for name, (args, expected) in cases.items():
         assert expected in compare_error([str(root), *args], capsys), name
-    monkeypatch.setattr("augrun.compare.os.access", lambda path, mode: False)  # as a non-root user on a chmod 555 dir
+    monkeypatch.setattr("augrun.compare_command.os.access", lambda path, mode: False)  # as a non-root user on a chmod 555 dir
     assert f"--out: {tmp_path} is not writable" in compare_error([str(root), "--out", str(tmp_path / "new")], capsys)
     assert snapshot(tmp_path) == before
 

@@ -21,7 +21,7 @@ from augrun.cli import main
 from augrun.compose import run_hydra, to_train_config
 from augrun.config import ConfigError
 from augrun.trainer import _gpu_batch_op
-from conftest import compose_train, read_metrics
+from helpers import compose_train, read_metrics
 
 NEW_AUGS = ["standard", "autoaugment", "randaugment", "trivialaugment", "augmix", "erasing", "mixup", "cutmix"]
 # (class, attributes as torchvision stores them)

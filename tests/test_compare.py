@@ -18,11 +18,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from rich.console import Console
 
+from augrun.compare_command import compare_command
 from augrun.compare import (
     CSV_COLUMNS,
     CompareError,
     SweepReport,
-    compare_command,
     find_runs,
     load_run,
     print_report,

@@ -7,7 +7,7 @@ import torchvision.transforms.v2 as T
 from augrun.augment.cpu import build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
 from augrun.compose import to_train_config
-from conftest import compose_train
+from helpers import compose_train
 
 AUG_OPTIONS = ["none", "flip_only", "vflip", "crop", "brightness", "hue", "color_jitter", "flip_color_crop"]
 # d2l 14.1's transforms for a 32x32 dataset: (class, attributes as torchvision stores them)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE, read_metrics, run_augrun
+from helpers import SMOKE, read_metrics, run_augrun
 
 TRAIN_SIZE = 320  # experiment=smoke
 pytestmark = pytest.mark.slow

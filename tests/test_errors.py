@@ -11,7 +11,7 @@ from PIL import Image
 from augrun import precheck
 from augrun.compose import parse_command_line
 from augrun.errors import UserError
-from conftest import SMOKE, run_augrun, snapshot
+from helpers import SMOKE, assert_user_error, make_image_folder, run_augrun, snapshot
 
 # (overrides, text the one-line message must contain)
 CONFIG_ERRORS = {
@@ -43,15 +43,6 @@ if not torch.cuda.is_available():
     CONFIG_ERRORS["cuda on a machine without one"] = (["trainer.devices=cuda"], "trainer.devices: cuda requested")
 
 
-def assert_user_error(result, expected: str) -> None:
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output, output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("augrun: error: "), output
-    assert expected in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("case", list(CONFIG_ERRORS))
 def test_config_error_is_one_line_naming_the_key(case, workdir: Path, monkeypatch):
     """In-process: the pre-check `augrun train` runs before Hydra (the subprocess cases below pin the exit status)."""
@@ -74,14 +65,6 @@ def test_config_error_exits_2_with_one_line(case, workdir: Path):
     assert_user_error(result, expected)
     assert snapshot(workdir) == before
     assert not (workdir / "outputs").exists()  # stopped before Hydra made a run directory
-
-
-def make_image_folder(root: Path, *, classes=("cat", "dog"), per_class: int = 2) -> None:
-    for split in ("train", "test"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(root / split / c / f"{i}.png")
 
 
 def jpeg_bytes() -> bytes:

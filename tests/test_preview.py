@@ -15,7 +15,7 @@ from PIL import Image
 from augrun.augment.ops import parse_train_pipeline
 from augrun.drawing import augmented_copies, write_run_preview
 from augrun.preview import preview_command
-from conftest import run_augrun, snapshot
+from helpers import run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"
 

@@ -16,26 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from augrun import checkpoint, precheck, rundir
-from augrun.compose import parse_command_line
+from augrun import checkpoint, conf, dryrun, precheck, rundir
+from augrun.augment.gpu import GPU_OPS
+from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline
+from augrun.compose import parse_command_line, to_train_config
 from augrun.errors import UserError
-from conftest import SMOKE, read_metrics, run_augrun, snapshot, without_timing
-from test_errors import assert_user_error
-
-
-def refusal(*argv: str) -> str:
-    """The one-line message the pre-check of `augrun train <argv>` refuses with (run in the current directory)."""
-    with pytest.raises(UserError) as caught:
-        precheck.precheck_train(parse_command_line(list(argv)), visible_gpus=lambda: 0, warn=lambda m: None)
-    message = str(caught.value)
-    assert "\n" not in message and message.strip() == message, message
-    return message
-
-
-@pytest.fixture
-def in_workdir(workdir: Path, monkeypatch) -> Path:
-    monkeypatch.chdir(workdir)
-    return workdir
+from helpers import SMOKE, assert_user_error, compose_train, read_metrics, refusal, run_augrun, snapshot, without_timing
 
 
 def nothing_written(workdir: Path) -> bool:
@@ -330,3 +316,14 @@ def test_an_inherited_rank_exits_2_instead_of_training_into_a_temporary_director
     result = run_augrun("train", *SMOKE, cwd=workdir, env={"RANK": "1"})
     assert_user_error(result, "RANK: set in the environment, but WORLD_SIZE")
     assert nothing_written(workdir)
+
+
+@pytest.mark.parametrize("aug", sorted(p.stem for p in (Path(conf.__file__).parent / "aug").glob("*.yaml")))
+def test_every_shipped_pipeline_passes_the_dry_run_on_both_backends(aug, smoke_config):
+    pipeline = to_train_config(compose_train(*SMOKE, f"aug={aug}")).aug
+    train_ops, batch_ops = parse_train_pipeline(pipeline.train), parse_batch_pipeline(pipeline.batch)
+    backends = ["cpu"] + (["gpu"] if all(spec.name in GPU_OPS for spec in train_ops) else [])
+    d, m = smoke_config.dataset, smoke_config.model
+    for backend in backends:
+        dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
+                       channels=d.channels, num_classes=d.num_classes, mean=None, std=None, model=m.name, width=m.width)

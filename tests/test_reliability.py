@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from augrun import checkpoint
-from conftest import SMOKE, read_metrics, run_augrun, snapshot, without_timing
+from helpers import SMOKE, read_metrics, run_augrun, snapshot, without_timing
 
 pytestmark = pytest.mark.slow
 # 4 epochs of 5 steps: long enough to be killed mid-run, short enough for CI
@@ -63,7 +63,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(backend, delay, work
     assert without_timing(records) == without_timing(uninterrupted[backend])  # bitwise: floats compared exactly
 
 
-@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+# to the process alone (a scheduler that signals the main PID); tests/test_signals.py sends them to the whole group
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143)])
 def test_signal_checkpoints_mid_epoch_and_exits_with_its_status(signum, status, workdir: Path, uninterrupted):
     overrides = ("aug.backend=cpu", "aug=flip_color_crop")
     process = start(workdir, *overrides)

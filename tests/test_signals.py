@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from augrun import checkpoint, compare
-from conftest import SMOKE, read_metrics, run_augrun, without_timing
+from augrun import checkpoint, compare, signals
+from helpers import SMOKE, read_metrics, run_augrun, without_timing
 
 pytestmark = pytest.mark.slow
 
@@ -179,6 +179,31 @@ def test_signal_stops_a_sweep_and_marks_its_job_stopped(workdir: Path, marker_ho
     assert not (sweep / "1").exists()  # no later job started
     job = compare.load_run(sweep / "0")
     assert job.status == "stopped" and job.error == "stopped after 1 of 3 epochs"
+
+
+class Numbers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def test_a_dataloader_worker_ignores_sigterm_from_others_and_obeys_its_parent():
+    """What makes a group SIGTERM harmless to the workers, seen directly: one from elsewhere (Slurm, `kill` on the
+    group) leaves a worker serving batches; one from its parent (DataLoader's terminate(), at exit) ends it cleanly."""
+    loader = torch.utils.data.DataLoader(Numbers(), batch_size=10, num_workers=1, multiprocessing_context="fork",
+                                         worker_init_fn=signals.leave_to_parent)
+    with signals.held_for_children():
+        batches = iter(loader)
+    worker = batches._workers[0]
+    assert next(batches).tolist() == list(range(10))
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # sent by another process
+    # more batches than the worker had prefetched: it must go on making them
+    assert [next(batches)[0].item() for _ in range(10)] == list(range(10, 110, 10))
+    os.kill(worker.pid, signal.SIGTERM)  # sent by the parent
+    worker.join(10)
+    assert worker.exitcode == 0
 
 
 def wait_for_augrun_handler(run: Augrun) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMOKE, read_metrics, run_augrun
+from helpers import SMOKE, read_metrics, run_augrun
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from augrun.cli import main
-from conftest import METRIC_KEYS, SMOKE, read_metrics, run_augrun, without_timing
+from helpers import METRIC_KEYS, SMOKE, read_metrics, run_augrun, without_timing
 
 TRAIN_SIZE = 320  # experiment=smoke
 
