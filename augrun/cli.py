@@ -104,7 +104,7 @@ def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainCo
     one that could not checkpoint. The run continues from its last checkpoint, if it has one."""
     from augrun import checkpoint, signals
     from augrun.report import MetricsFiles
-    from augrun.trainer import summary
+    from augrun.outputs import summary
     if not (run_dir / checkpoint.CHECKPOINT).is_file():
         return signals.Stopped(signum, f"stopped by signal {signum} ({message}); nothing to resume")
     files = MetricsFiles(run_dir)
@@ -134,7 +134,7 @@ def _describe_failure(error: BaseException) -> tuple[str, int]:
 
 def _write_failure_summary(run_dir: Path, message: str) -> None:
     from augrun.report import MetricsFiles
-    from augrun.trainer import summary
+    from augrun.outputs import summary
     if not run_dir.is_dir():
         return
     files = MetricsFiles(run_dir)

@@ -208,3 +208,22 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     if not is_distributed():
         return flag
     return all_reduce_max(torch.tensor(int(flag), device=device)) > 0
+
+
+class StopAgreement:
+    """Whether the ranks stop now, on a signal any of them received. Ranks must leave the loop at the same step, so
+    they agree by an all-reduce; during training only every `every` steps, since one per step would be a host sync
+    per step. With one process it is just the flag."""
+
+    def __init__(self, signaled: Callable[[], bool], *, world: int, device: torch.device, every: int):
+        self.signaled, self.world, self.device, self.every = signaled, world, device, every
+        self.checks = 0
+
+    def now(self) -> bool:
+        return any_rank(self.signaled(), self.device)
+
+    def after_step(self) -> bool:
+        if self.world == 1:
+            return self.signaled()
+        self.checks += 1
+        return self.checks % self.every == 0 and self.now()

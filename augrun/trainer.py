@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from augrun import checkpoint, distributed, dryrun, rundir, signals
-from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
-from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
+from augrun.build import BuiltRun, build_run
 from augrun.config import ConfigError, TrainConfig
 from augrun.data import DATASETS, DataSplits, load_dataset
-from augrun.engine import EpochState, evaluate, train_one_epoch
-from augrun.models import MODELS, build_model
-from augrun.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
-from augrun.report import MetricsFiles, RunConsole, TensorBoardLog, check_logger
-from augrun.seeding import derive_seed
+from augrun.drawing import write_run_preview
+from augrun.engine import evaluate, train_one_epoch
+from augrun.models import MODELS
+from augrun.optim import OPTIMIZERS, SCHEDULES
+from augrun.outputs import NoOutputs, RunOutputs
+from augrun.progress import Checkpointer, Progress
+from augrun.report import check_logger
 from augrun.signals import SignalFlag
 
 
@@ -113,201 +113,87 @@ def run(prepared: Prepared) -> None:
 
 # --- inside each process -------------------------------------------------------------------------------------------
 
-def _batch_sources(p: Prepared, *, rank: int, world: int, device: torch.device, compiling: bool):
-    cfg, data = p.cfg, p.data
-    mean, std = (cfg.dataset.mean, cfg.dataset.std) if cfg.dataset.normalize else (None, None)
-    channels_last = cfg.trainer.channels_last and device.type == "cuda"
-    batch_ops = [_gpu_batch_op(s, data.num_classes) for s in p.batch_ops]
-    finish_train = BatchFinisher(device=device, mean=mean, std=std, batch_ops=batch_ops, channels_last=channels_last,
-                                 seed=cfg.seed, rank=rank)
-    finish_test = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last)
-    # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
-    shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
-    if p.backend == "gpu":
-        from augrun.augment.gpu import GPU_OPS, GpuPipeline
-        if device.type == "cuda":
-            nbytes = sum(part.images.nbytes + part.labels.nbytes for part in (data.train, data.test))
-            check_fits_on_device(nbytes, torch.cuda.mem_get_info(device)[0], str(device))
-        pipeline = GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in p.train_ops]) if p.train_ops else None
-        train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, **shared)
-        test = DeviceBatches(data.test, None, finish_test, shuffle=False, **shared)
-    else:
-        workers = cfg.trainer.workers
-        train = WorkerBatches(data.train, cpu_backend.build_train_transform(p.train_ops, mean=mean, std=std),
-                              finish_train, workers=workers, shuffle=True, drop_last=compiling, **shared)
-        test = WorkerBatches(data.test, cpu_backend.build_test_transform(mean=mean, std=std), finish_test,
-                             workers=workers, shuffle=False, **shared)
-    return train, test
-
-
-def _gpu_batch_op(spec: OpSpec, num_classes: int):
-    from augrun.augment.gpu import BATCH_OPS
-    kwargs = {"num_classes": num_classes, **spec.kwargs}
-    return BATCH_OPS[spec.name](**kwargs)
-
-
-def _wrap_model(model: nn.Module, p: Prepared, device: torch.device, world: int) -> nn.Module:
-    if p.cfg.trainer.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    elif p.placement.strategy == "dp":
-        model = nn.DataParallel(model, device_ids=list(p.placement.gpu_indices))
-    return model
-
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
+    """One process of the run: build it, restore it, train and evaluate epoch by epoch, stop cleanly on a signal."""
     cfg, t = p.cfg, p.cfg.trainer
-    is_main = rank == 0
     flag = SignalFlag.installed()
+    _set_up_process(device, world)
+    run = build_run(cfg, p.data, backend=p.backend, train_ops=p.train_ops, batch_ops=p.batch_ops,
+                    placement=p.placement, rank=rank, world=world, device=device)
+    outputs = RunOutputs(p.run_dir, epochs=t.epochs, devices=p.placement.device_names(),
+                         tensorboard=cfg.logger == "tensorboard") if rank == 0 else NoOutputs()
+    progress_every = max(1, run.steps // t.progress_updates)
+    stops = distributed.StopAgreement(lambda: flag.signum is not None, world=world, device=device, every=progress_every)
+    # One agreement before anything is written or trained: a signal received while the run was set up (or its ranks
+    # started) stops it here, rather than after a step (and a compilation) whose work would be discarded.
+    if stops.now():
+        outputs.note(f"stopped by signal {flag.signum} before training resumed; the checkpoint is unchanged. "
+                     f"{signals.resume_hint(p.run_dir)}" if cfg.resume else signals.before_training_note(flag.signum))
+        raise StopRun(flag.signum)
+    checkpointer = Checkpointer(p.run_dir / rundir.CHECKPOINT, run, config=p.config_dict, is_main=rank == 0)
+    if cfg.resume:
+        progress = checkpointer.restore(distributed.broadcast_object(p.resume_state), device)
+        outputs.resumed(progress.records, progress.epoch, progress.state.next_step)
+    else:
+        progress = Progress.fresh(device)
+        if rank == 0:  # the book's 2x4 `apply` grid of this run's train pipeline, from its own seed
+            write_run_preview(p.data.train.images[0], p.train_ops, p.backend, p.run_dir / rundir.PREVIEW, seed=cfg.seed)
+
+    def stop(where: str) -> None:
+        outputs.stopped(flag.signum, where, progress.records, progress.total_seconds)
+        raise StopRun(flag.signum)
+
+    while progress.epoch <= t.epochs:
+        epoch = progress.epoch
+        record = _run_epoch(run, progress, cfg, outputs, stops, world=world, device=device, every=progress_every)
+        if record is None:  # stopped by a signal part-way: the epoch continues from this step on resume
+            checkpointer.save(progress)
+            stop(f"at epoch {epoch}, step {progress.state.next_step}")
+        progress.finish_epoch(record, device)
+        checkpointer.save(progress)
+        outputs.epoch_finished(progress.records)
+        if epoch < t.epochs and stops.now():  # a signal during evaluation
+            stop(f"after epoch {epoch}")
+    outputs.completed(progress.records, progress.total_seconds)
+
+
+def _set_up_process(device: torch.device, world: int) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
     elif world > 1:  # ranks sharing the CPU: more threads than cores would make them fight
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = build_model(cfg.model.name, in_channels=p.data.channels, num_classes=p.data.num_classes,
-                        width=cfg.model.width).to(device)
-    wrapped = _wrap_model(model, p, device, world)
-    # Only training is compiled. Evaluation stays eager: compiling it would add two more graphs to compile (eval-mode
-    # batch norm, then the smaller last test batch) for a pass that is a small share of an epoch's work.
-    trained = torch.compile(wrapped) if t.compile else wrapped
-    train_batches, test_batches = _batch_sources(p, rank=rank, world=world, device=device, compiling=t.compile)
-    steps = train_batches.steps(1)
-    optimizer = build_optimizer(cfg.optim.name, model.parameters(), lr=cfg.optim.lr,
-                                weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
-                                nesterov=cfg.optim.nesterov)
-    scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs, steps_per_epoch=steps,
-                                warmup_epochs=cfg.sched.warmup_epochs, pct_start=cfg.sched.pct_start)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
-    amp_dtype = _amp_dtype(t.precision, device)
-    console = RunConsole() if is_main else None
-    # One agreement before anything is written or trained: a signal received while the run was set up (or its ranks
-    # started) stops it here, rather than after a step (and a compilation) whose work would be discarded.
-    if distributed.any_rank(flag.signum is not None, device):
-        if is_main and cfg.resume:
-            console.note(f"stopped by signal {flag.signum} before training resumed; the checkpoint is unchanged. "
-                         f"{signals.resume_hint(p.run_dir)}")
-        elif is_main:
-            console.note(signals.before_training_note(flag.signum))
-        raise StopRun(flag.signum)
-    files = MetricsFiles(p.run_dir) if is_main else None
-    tensorboard = TensorBoardLog(p.run_dir) if is_main and cfg.logger == "tensorboard" else None
-    if is_main and not cfg.resume:  # the book's 2x4 `apply` grid of this run's train pipeline, from its own seed
-        from augrun.drawing import write_run_preview
-        write_run_preview(p.data.train.images[0], p.train_ops, p.backend, p.run_dir / rundir.PREVIEW, seed=cfg.seed)
-
-    start_epoch, state, records, total_seconds = 1, EpochState.fresh(device), [], 0.0
-    if cfg.resume:
-        s = distributed.broadcast_object(p.resume_state)
-        model.load_state_dict(s["model"])
-        optimizer.load_state_dict(s["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(s["scheduler"])
-        checkpoint.restore_rng_states(s["rng"])
-        start_epoch, records, total_seconds = s["epoch"], s["records"], s["total_seconds"]
-        state = EpochState(s["sums"].to(device) if is_main else torch.zeros_like(s["sums"], device=device),
-                           s["next_step"], s["seconds"])
-        if is_main:
-            files.rewrite(records)  # epochs logged after this checkpoint (a kill before the next one) are redone
-            console.note(f"resuming {p.run_dir} at epoch {start_epoch}, step {state.next_step}")
-
-    def save(epoch: int, state: EpochState) -> None:
-        sums = distributed.all_reduce_sum(state.sums)  # collective: every rank calls save
-        if is_main:
-            checkpoint.save_atomic({
-                "epoch": epoch, "next_step": state.next_step, "sums": sums.cpu(), "seconds": state.seconds,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "records": records, "total_seconds": total_seconds, "config": p.config_dict,
-                "rng": checkpoint.rng_states()}, p.run_dir / checkpoint.CHECKPOINT)
-
-    def stop(where: str) -> None:
-        """Leave after the checkpoint every rank agreed on; rank 0 says so once and marks the run stopped."""
-        if is_main:
-            files.write_summary(summary("stopped", records, t.epochs, None, p.placement.device_names(), total_seconds))
-            console.note(f"stopped by signal {flag.signum} {where}; checkpoint saved. {signals.resume_hint(p.run_dir)}")
-        raise StopRun(flag.signum)
-
-    progress_every = max(1, steps // t.progress_updates)
-    checks = 0
-
-    def stop_requested() -> bool:
-        nonlocal checks
-        if world == 1:
-            return flag.signum is not None
-        checks += 1  # ranks agree every progress_every steps: an all-reduce per step would cost a sync per step
-        return checks % progress_every == 0 and distributed.any_rank(flag.signum is not None, device)
-
-    for epoch in range(start_epoch, t.epochs + 1):
-        if is_main:
-            console.start_epoch(epoch, t.epochs, steps, state.next_step)
-        began = time.perf_counter()
-
-        def on_progress(step: int, sums: torch.Tensor) -> None:
-            if is_main:
-                loss, correct, count = sums.tolist()
-                elapsed = state.seconds + time.perf_counter() - began
-                console.update(step, loss / max(count, 1), correct / max(count, 1), count * world / max(elapsed, 1e-9))
-
-        finished = train_one_epoch(trained, train_batches.epoch(epoch, state.next_step), state, epoch=epoch,
-                                   optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-                                   sum_loss=t.loss_reduction == "sum", world_size=world,
-                                   amp_dtype=amp_dtype, progress_every=progress_every, on_progress=on_progress,
-                                   stop_requested=stop_requested)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # once per epoch, so the epoch's time covers its GPU work
-        state.seconds += time.perf_counter() - began
-        if not finished:
-            total_seconds += time.perf_counter() - began
-            save(epoch, state)
-            stop(f"at epoch {epoch}, step {state.next_step}")
-        loss, correct, count = distributed.all_reduce_sum(state.sums).tolist()
-        if epoch % t.eval_every == 0 or epoch == t.epochs:
-            test = evaluate(wrapped, test_batches.epoch(epoch), amp_dtype=amp_dtype, device=device,
-                            flip_tta=t.tta == "flip")
-        else:
-            test = {"test_acc": None} | ({"test_acc_tta": None} if t.tta == "flip" else {})
-        total_seconds += time.perf_counter() - began
-        record = {"epoch": epoch, "train_loss": loss / count, "train_acc": correct / count, **test,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": state.seconds,
-                  "examples_per_s": count / state.seconds}
-        records.append(record)
-        state = EpochState.fresh(device)
-        save(epoch + 1, state)
-        if is_main:
-            files.append(record, records[:-1])
-            console.epoch_row(record)
-            if tensorboard is not None:
-                tensorboard.log(record)
-            _draw_curves(records, p.run_dir, t.epochs)
-        if epoch < t.epochs and distributed.any_rank(flag.signum is not None, device):  # a signal during evaluation
-            stop(f"after epoch {epoch}")
-
-    if is_main:
-        examples = sum(r["examples_per_s"] * r["seconds"] for r in records)
-        examples_per_s = examples / max(sum(r["seconds"] for r in records), 1e-9)
-        devices = p.placement.device_names()
-        console.final_lines(records[-1], examples_per_s, devices)
-        files.write_summary(summary("completed", records, cfg.trainer.epochs, examples_per_s, devices, total_seconds))
 
 
-def _draw_curves(records: list[dict[str, Any]], run_dir: Path, epochs: int) -> None:
-    from augrun.curves import plot_curves
-    plot_curves(records, run_dir / rundir.CURVES, epochs=epochs)
+def _run_epoch(run: BuiltRun, progress: Progress, cfg: TrainConfig, outputs, stops: distributed.StopAgreement, *,
+               world: int, device: torch.device, every: int) -> dict[str, Any] | None:
+    """Train the rest of the current epoch and evaluate it (every trainer.eval_every epochs and the last); its metrics
+    record, or None when a signal stopped it part-way (its progress then says where)."""
+    t, epoch, state = cfg.trainer, progress.epoch, progress.state
+    outputs.epoch_started(epoch, run.steps, state.next_step)
+    began = time.perf_counter()
 
+    def on_progress(step: int, sums: torch.Tensor) -> None:
+        # a host read, on a step where the engine has just synced anyway (its non-finite check)
+        loss, correct, count = sums.tolist()
+        elapsed = state.seconds + time.perf_counter() - began
+        outputs.step_progress(step, loss / max(count, 1), correct / max(count, 1), count * world / max(elapsed, 1e-9))
 
-def summary(status: str, records: list[dict[str, Any]], epochs: int, examples_per_s: float | None,
-            devices: list[str], total_seconds: float, error: str | None = None) -> dict[str, Any]:
-    last = records[-1] if records else {}
-    return {
-        "status": status, "epochs": epochs, "epochs_completed": len(records),
-        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_acc", "test_acc_tta") if k in last} or None,
-        "best_test_acc": max((r["test_acc"] for r in records if r["test_acc"] is not None), default=None),
-        "examples_per_s": examples_per_s, "devices": devices, "total_seconds": total_seconds, "error": error,
-    }
+    finished = train_one_epoch(run.trained, run.train_batches.epoch(epoch, state.next_step), state, epoch=epoch,
+                               optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=run.loss_fn,
+                               sum_loss=t.loss_reduction == "sum", world_size=world, amp_dtype=run.amp_dtype,
+                               progress_every=every, on_progress=on_progress, stop_requested=stops.after_step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # once per epoch, so the epoch's time covers its GPU work
+    state.seconds += time.perf_counter() - began
+    if not finished:
+        progress.total_seconds += time.perf_counter() - began
+        return None
+    loss, correct, count = distributed.all_reduce_sum(state.sums).tolist()
+    if epoch % t.eval_every == 0 or epoch == t.epochs:
+        test = evaluate(run.wrapped, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype, device=device,
+                        flip_tta=t.tta == "flip")
+    else:
+        test = {"test_acc": None} | ({"test_acc_tta": None} if t.tta == "flip" else {})
+    progress.total_seconds += time.perf_counter() - began
+    return {"epoch": epoch, "train_loss": loss / count, "train_acc": correct / count, **test,
+            "lr": run.optimizer.param_groups[0]["lr"], "seconds": state.seconds, "examples_per_s": count / state.seconds}

@@ -183,7 +183,7 @@ def time_blocks(clock: Clock, variants: dict[str, tuple[Callable[[int], None], i
     return {name: summarize(values) for name, values in rates.items()}
 
 
-# --- building blocks: augrun's own components, assembled as trainer._batch_sources/_worker do -------------------
+# --- building blocks: augrun's own components, assembled as build.batch_sources and build.build_run do -------------------
 
 def pipeline_specs(name: str) -> list[OpSpec]:
     return parse_train_pipeline(PIPELINES[name])
@@ -363,7 +363,7 @@ def ddp_overhead(args, device: torch.device, clock: Clock, resident: ImageData, 
         for batch in args.batch_sizes:
             plain_model = new_model(args.model, device, channels_last=cuda)
             inner = copy.deepcopy(plain_model)
-            # as trainer._wrap_model: channels_last first, then DDP, then compile
+            # as build.wrap_model: channels_last first, then DDP, then compile
             wrapped = nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if cuda else None)
             plain = Trainer(plain_model, device, amp_dtype=amp, compile_mode=mode)
             ddp = Trainer(wrapped, device, amp_dtype=amp, compile_mode=mode, params_of=inner)

@@ -20,7 +20,7 @@ from augrun.batches import BatchFinisher
 from augrun.cli import main
 from augrun.compose import run_hydra, to_train_config
 from augrun.config import ConfigError
-from augrun.trainer import _gpu_batch_op
+from augrun.build import gpu_batch_op
 from helpers import compose_train, read_metrics
 
 NEW_AUGS = ["standard", "autoaugment", "randaugment", "trivialaugment", "augmix", "erasing", "mixup", "cutmix"]
@@ -179,7 +179,7 @@ def test_gpu_standard_crop_is_a_shifted_window_of_the_zero_padded_image():
 
 def mixed_batch(option: str, num_classes: int = 10, n: int = 8):
     (spec,) = parse_batch_pipeline(aug_config(option).batch)
-    op = _gpu_batch_op(spec, num_classes)  # what the trainer builds: num_classes filled in from the dataset
+    op = gpu_batch_op(spec, num_classes)  # what the trainer builds: num_classes filled in from the dataset
     assert op.num_classes == num_classes
     images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) + 1.0  # [1, 2): all pairs differ
     labels = torch.arange(n) % num_classes  # neighbours have different labels

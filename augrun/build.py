@@ -1,0 +1,108 @@
+"""A run's parts on one process, built from plain values: the model (laid out, wrapped for DDP or DataParallel,
+compiled), the optimizer and schedule, the loss, the precision, and the train and test batch sources."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from augrun.augment import cpu as cpu_backend
+from augrun.augment.ops import OpSpec
+from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
+from augrun.config import TrainConfig
+from augrun.data import DataSplits
+from augrun.distributed import Placement
+from augrun.models import build_model
+from augrun.optim import build_optimizer, build_scheduler
+from augrun.seeding import derive_seed
+
+
+@dataclass
+class BuiltRun:
+    model: nn.Module          # the bare model: its state_dict is what a checkpoint holds
+    wrapped: nn.Module        # DDP / DataParallel around it: evaluation runs this (eager)
+    trained: nn.Module        # `wrapped`, compiled when asked: training runs this
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: nn.Module        # per-image losses; the engine reduces them
+    amp_dtype: torch.dtype | None
+    train_batches: DeviceBatches | WorkerBatches
+    test_batches: DeviceBatches | WorkerBatches
+    steps: int                # training steps per epoch on this rank
+
+
+def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Sequence[OpSpec],
+              batch_ops: Sequence[OpSpec], placement: Placement, rank: int, world: int,
+              device: torch.device) -> BuiltRun:
+    t = cfg.trainer
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank and every resume
+    model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
+                        width=cfg.model.width).to(device)
+    wrapped = wrap_model(model, channels_last=t.channels_last, placement=placement, device=device, world=world)
+    # Only training is compiled. Evaluation stays eager: compiling it would add two more graphs to compile (eval-mode
+    # batch norm, then the smaller last test batch) for a pass that is a small share of an epoch's work.
+    trained = torch.compile(wrapped) if t.compile else wrapped
+    train_batches, test_batches = batch_sources(cfg, data, backend=backend, train_ops=train_ops, batch_ops=batch_ops,
+                                                rank=rank, world=world, device=device)
+    steps = train_batches.steps(1)
+    optimizer = build_optimizer(cfg.optim.name, model.parameters(), lr=cfg.optim.lr,
+                                weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
+                                nesterov=cfg.optim.nesterov)
+    scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs, steps_per_epoch=steps,
+                                warmup_epochs=cfg.sched.warmup_epochs, pct_start=cfg.sched.pct_start)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
+    return BuiltRun(model, wrapped, trained, optimizer, scheduler, loss_fn, amp_dtype(t.precision, device),
+                    train_batches, test_batches, steps)
+
+
+def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Sequence[OpSpec],
+                  batch_ops: Sequence[OpSpec], rank: int, world: int, device: torch.device):
+    """The train and test batch sources of this rank, for the resolved augmentation backend."""
+    mean, std = (cfg.dataset.mean, cfg.dataset.std) if cfg.dataset.normalize else (None, None)
+    channels_last = cfg.trainer.channels_last and device.type == "cuda"
+    finish_train = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last, seed=cfg.seed,
+                                 rank=rank, batch_ops=[gpu_batch_op(s, data.num_classes) for s in batch_ops])
+    finish_test = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last)
+    compiling = cfg.trainer.compile
+    # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
+    shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if backend == "gpu":
+        from augrun.augment.gpu import GPU_OPS, GpuPipeline
+        if device.type == "cuda":
+            nbytes = sum(part.images.nbytes + part.labels.nbytes for part in (data.train, data.test))
+            check_fits_on_device(nbytes, torch.cuda.mem_get_info(device)[0], str(device))
+        pipeline = GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in train_ops]) if train_ops else None
+        train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, **shared)
+        test = DeviceBatches(data.test, None, finish_test, shuffle=False, **shared)
+    else:
+        workers = cfg.trainer.workers
+        train = WorkerBatches(data.train, cpu_backend.build_train_transform(train_ops, mean=mean, std=std),
+                              finish_train, workers=workers, shuffle=True, drop_last=compiling, **shared)
+        test = WorkerBatches(data.test, cpu_backend.build_test_transform(mean=mean, std=std), finish_test,
+                             workers=workers, shuffle=False, **shared)
+    return train, test
+
+
+def gpu_batch_op(spec: OpSpec, num_classes: int):
+    """A batch op (MixUp, CutMix) for the device: both backends mix labels there."""
+    from augrun.augment.gpu import BATCH_OPS
+    return BATCH_OPS[spec.name](**{"num_classes": num_classes, **spec.kwargs})
+
+
+def wrap_model(model: nn.Module, *, channels_last: bool, placement: Placement, device: torch.device,
+               world: int) -> nn.Module:
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if placement.strategy == "dp":
+        return nn.DataParallel(model, device_ids=list(placement.gpu_indices))
+    return model
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
