@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from augrun import signals
-from augrun.augment.gpu import to_float
+from augrun.augment.pixels import to_float
 from augrun.data import DataError, ImageData
 from augrun.seeding import derive_seed
 
@@ -135,7 +135,7 @@ def check_fits_on_device(nbytes: int, free_bytes: int, device: str) -> None:
     a tenth of the free memory for the model, instead of failing later with an out-of-memory error."""
     if nbytes > 0.9 * free_bytes:
         gib = 2.0 ** 30
-        raise DataError(f"aug.backend=gpu: the dataset ({nbytes / gib:.1f} GiB as uint8) does not fit in {device}'s free "
+        raise DataError("aug.backend=gpu", f"the dataset ({nbytes / gib:.1f} GiB as uint8) does not fit in {device}'s free "
                         f"memory ({free_bytes / gib:.1f} GiB); valid: aug.backend=cpu, or a smaller dataset.image_size "
                         "or dataset.train_size")
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from augrun.errors import UserError
+from augrun.errors import CheckpointError
 from augrun.files import atomic_open
 from augrun.rundir import CHECKPOINT
 
@@ -27,9 +27,6 @@ REQUIRED = {"epoch": int, "next_step": int, "sums": torch.Tensor, "seconds": flo
 TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
 REMEDY = "valid: a checkpoint.pt written by this version of augrun, or resume=false in a new run directory"
 
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used: printed as one line, exit status 2."""
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -45,34 +42,34 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
 def load(path: Path) -> dict[str, Any]:
     """The checkpoint at `path`, as data: a file that would need code to load, or is not augrun's, is refused."""
     if not path.is_file():
-        raise CheckpointError(f"resume: no {CHECKPOINT} in {path.parent}; valid: resume=true with hydra.run.dir set to a "
+        raise CheckpointError("resume", f"no {CHECKPOINT} in {path.parent}; valid: resume=true with hydra.run.dir set to a "
                               "run directory that has one, or resume=false to start fresh")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):  # not a pickle at all: damaged, or some other kind of file
-            raise CheckpointError(f"resume: {path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
+            raise CheckpointError("resume", f"{path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
         # weights_only refused a global: the file asks to run code
-        raise CheckpointError(f"resume: {path} is not an augrun checkpoint: it holds Python objects that are only "
+        raise CheckpointError("resume", f"{path} is not an augrun checkpoint: it holds Python objects that are only "
                               f"loadable by running code ({_first_line(error, 'global')}), and a checkpoint "
                               f"is loaded as data; {REMEDY}") from None
     except Exception as error:  # torch raises many types for a damaged zip/pickle
-        raise CheckpointError(f"resume: {path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
+        raise CheckpointError("resume", f"{path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
     check_structure(state, path)
     return state
 
 
 def check_structure(state: Any, path: Path) -> None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"resume: {path} is not an augrun checkpoint (a torch file without augrun's format "
+        raise CheckpointError("resume", f"{path} is not an augrun checkpoint (a torch file without augrun's format "
                               f"marker); {REMEDY}")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"resume: {path} is an augrun checkpoint of format version {state.get('version')!r}, "
+        raise CheckpointError("resume", f"{path} is an augrun checkpoint of format version {state.get('version')!r}, "
                               f"this augrun reads version {VERSION}; valid: the augrun that wrote it, or resume=false")
     for key, kind in REQUIRED.items():
         value = state.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise CheckpointError(f"resume: {path} is damaged: '{key}' is {type(value).__name__}, expected "
+            raise CheckpointError("resume", f"{path} is damaged: '{key}' is {type(value).__name__}, expected "
                                   f"{kind.__name__}; {REMEDY}")
 
 

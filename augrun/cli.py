@@ -3,8 +3,9 @@
 Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the Hydra task for it. This is the one
 module that reads the Hydra config; everything below it takes plain arguments.
 
-Bad input is checked before Hydra runs anything: the overrides of every job (all of a sweep's) are composed with
-Hydra's compose API and checked, so a typo exits 2 with one line before a directory is created or a file touched.
+Bad input is checked before Hydra runs anything (augrun.precheck): every job of the command is composed and checked,
+so a typo exits 2 with one line before a directory is created or a file touched. Modules that import torch are imported
+inside functions here and in compose/precheck, so that such a line comes before torch loads, which takes seconds.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from augrun.compose import parse_command_line, run_hydra, to_train_config
 from augrun import rundir
-from augrun.config import ConfigError, TrainConfig, register_schemas
-from augrun.errors import UserError, fail, first_line
+from augrun.compose import parse_command_line, run_hydra, to_train_config
+from augrun.config import TrainConfig, register_schemas
+from augrun.errors import INPUT_ERROR_STATUS, UserError, fail, first_line
 
 USAGE = """usage: augrun <command> [hydra overrides]
 
@@ -39,8 +40,6 @@ def train_task(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from augrun import signals, trainer
-    from augrun.checkpoint import CheckpointError
-    from augrun.data import DataError
 
     flag = signals.SignalFlag.installed()
     flag.stop_at_once = None  # from here on a signal is the training loop's to act on, after its checkpoint
@@ -66,8 +65,8 @@ def train_task(cfg: DictConfig) -> None:
         return
     except signals.Stopped as stop:
         stopped = stop
-    except (ConfigError, DataError, CheckpointError) as error:
-        message, status = str(error), 2
+    except UserError as error:  # bad input found once the run started (in any of its ranks)
+        message, status = str(error), INPUT_ERROR_STATUS
     except Exception as error:  # a failure while training: one line here, the details in the rank's output above
         message, status = _describe_failure(error)
         if flag.signum is not None:
@@ -114,18 +113,11 @@ def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainCo
                                    f"{signals.resume_hint(run_dir)}")
 
 
-# Bad input found inside a rank (a dataset too large for its GPU, say) is still bad input: exit status 2, its message alone
-INPUT_ERRORS = ("augrun.config.ConfigError: ", "augrun.data.DataError: ", "augrun.checkpoint.CheckpointError: ")
-
-
 def _describe_failure(error: BaseException) -> tuple[str, int]:
     """One line and the exit status for a run that failed while training."""
     from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
     if isinstance(error, ProcessRaisedException):
         last = [line for line in str(error).splitlines() if line.strip()][-1].strip()
-        for prefix in INPUT_ERRORS:
-            if last.startswith(prefix):
-                return f"rank {error.error_index}: {last[len(prefix):]}", 2
         return f"rank {error.error_index} failed: {last}", 1
     if isinstance(error, ProcessExitedException):
         return f"rank {error.error_index} died: {first_line(error)}", 1

@@ -23,16 +23,16 @@ def _parse_compare_args(argv: list[str]) -> tuple[list[Path], Path]:
         if arg == "--out" or arg.startswith("--out="):
             value = arg.partition("=")[2] if "=" in arg else _option_value(next(args, ""))
             if not value:
-                raise CompareError(f"--out: no directory given; {OUT_VALID}, e.g. augrun compare PATH --out DIR")
+                raise CompareError("--out", f"no directory given; {OUT_VALID}, e.g. augrun compare PATH --out DIR")
             out = Path(value)
         elif arg.startswith("-"):
-            raise CompareError(f"{printable(arg)}: unknown option of augrun compare; valid: --out DIR, --help")
+            raise CompareError(printable(arg), "unknown option of augrun compare; valid: --out DIR, --help")
         else:
             paths.append(Path(arg))
     if not paths:
-        raise CompareError("no PATH given: augrun compare outputs/multirun/<date>/<time> [--out DIR]")
+        raise CompareError("", "no PATH given: augrun compare outputs/multirun/<date>/<time> [--out DIR]")
     if out is None and len(paths) > 1:
-        raise CompareError(f"{len(paths)} paths given: name the report directory with --out DIR")
+        raise CompareError("", f"{len(paths)} paths given: name the report directory with --out DIR")
     if out is not None:
         _check_out_dir(out)
     return paths, out or paths[0]
@@ -50,11 +50,11 @@ def _check_out_dir(out: Path) -> None:
     if existing is None:
         return  # the working directory is gone: writing will say so
     if existing == out and not out.is_dir():
-        raise CompareError(f"--out: {printable(out)} is a file; {OUT_VALID}")
+        raise CompareError("--out", f"{printable(out)} is a file; {OUT_VALID}")
     if not existing.is_dir():
-        raise CompareError(f"--out: {printable(out)} is inside {printable(existing)}, which is a file; {OUT_VALID}")
+        raise CompareError("--out", f"{printable(out)} is inside {printable(existing)}, which is a file; {OUT_VALID}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise CompareError(f"--out: {printable(existing)} is not writable; {OUT_VALID}")
+        raise CompareError("--out", f"{printable(existing)} is not writable; {OUT_VALID}")
 
 
 def compare_command(argv: list[str]) -> None:

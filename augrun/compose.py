@@ -77,8 +77,8 @@ def parse_command_line(argv: list[str], flags_allowed: dict[str, tuple[str, ...]
             continue
         flag, has_inline, inline = arg.partition("=")
         if flag not in flags_allowed:
-            raise UserError(f"{flag}: unknown flag; valid: {', '.join(f for f in flags_allowed if f.startswith('--'))} "
-                            "(augrun train --help)", key=flag)
+            raise UserError(flag, f"unknown flag; valid: {', '.join(f for f in flags_allowed if f.startswith('--'))} "
+                            "(augrun train --help)")
         accepted = flags_allowed[flag]
         value = None
         if accepted is not None:
@@ -88,9 +88,9 @@ def parse_command_line(argv: list[str], flags_allowed: dict[str, tuple[str, ...]
                 value = args.pop(0)
             elif flag not in OPTIONAL_VALUE:
                 shown = f"one of {', '.join(accepted)}" if accepted else "a value"
-                raise UserError(f"{flag}: needs {shown}, e.g. {flag} {accepted[0] if accepted else '<value>'}", key=flag)
+                raise UserError(flag, f"needs {shown}, e.g. {flag} {accepted[0] if accepted else '<value>'}")
             if value is not None and accepted and value not in accepted:
-                raise UserError(f"{flag}: got {value!r}; valid: {', '.join(accepted)}", key=flag)
+                raise UserError(flag, f"got {value!r}; valid: {', '.join(accepted)}")
         command.flags[ALIASES.get(flag, flag)] = _absolute_dir(flag, value)
     return command
 
@@ -102,7 +102,7 @@ def _absolute_dir(flag: str, value: str | None) -> str | None:
         return value
     path = Path(value).expanduser().absolute()
     if not path.is_dir():
-        raise UserError(f"{flag}: {value} is not a directory; valid: a folder of Hydra configs", key=flag)
+        raise UserError(flag, f"{value} is not a directory; valid: a folder of Hydra configs")
     return str(path)
 
 
@@ -153,7 +153,7 @@ def compose(command: CommandLine, overrides: list[str], *, blame: bool = True) -
             try:
                 OverridesParser.create().parse_overrides([override])
             except OverrideParseException as error:
-                raise UserError(describe_parse_error(override, error), key=override) from None
+                raise UserError(override, describe_parse_error(error)) from None
         return hydra.compose_config(config_name=command.config_name, overrides=overrides, run_mode=RunMode.RUN,
                                     from_shell=True, with_log_configuration=False)
     except UserError:
@@ -161,7 +161,7 @@ def compose(command: CommandLine, overrides: list[str], *, blame: bool = True) -
     except Exception as error:
         culprit = (lambda: _culprit(command, overrides)) if blame else None
         message = _misshapen_section(hydra, error) or describe_composition_error(error, culprit=culprit)
-        raise UserError(message) from None
+        raise UserError("", message) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -185,8 +185,8 @@ def _misshapen_section(hydra, error: BaseException) -> str | None:
     return None
 
 
-def describe_parse_error(override: str, error: BaseException) -> str:
-    return (f"{override}: not a valid override ({' '.join(first_line(error).split())}); valid: key=value, with values "
+def describe_parse_error(error: BaseException) -> str:
+    return (f"not a valid override ({' '.join(first_line(error).split())}); valid: key=value, with values "
             "that hold spaces, commas, brackets or non-ASCII characters quoted: key='a value'")
 
 
@@ -215,7 +215,7 @@ def expand_jobs(command: CommandLine) -> list[list[str]]:
     if not command.multirun:
         sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
         if sweeps:
-            raise UserError(f"{sweeps[0]}: a sweep needs -m (augrun train -m {' '.join(overrides)})", key=sweeps[0])
+            raise UserError(sweeps[0], f"a sweep needs -m (augrun train -m {' '.join(overrides)})")
         return [overrides]
     # sweeps can also come from the config (an experiment's hydra.sweeper.params), as Hydra's basic sweeper reads them;
     # it composes them without the sweep values, and the command line wins per key
@@ -225,7 +225,7 @@ def expand_jobs(command: CommandLine) -> list[list[str]]:
         parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except (OverrideParseException, ValueError) as error:  # a sweep range that cannot expand, say
-        raise UserError(f"hydra.sweeper.params or a sweep override: {first_line(error)}") from None
+        raise UserError("", f"hydra.sweeper.params or a sweep override: {first_line(error)}") from None
 
 
 # --- the composed config as plain, checked values -------------------------------------------------------------------

@@ -13,14 +13,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from augrun.errors import UserError
+from augrun.errors import ConfigError
 
-
-class ConfigError(UserError):
-    """A config value that cannot be used."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}" if key else message, key=key)
 
 
 @dataclass

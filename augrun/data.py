@@ -19,15 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from augrun.errors import UserError, printable
+from augrun.errors import DataError, printable
 from augrun.files import atomic_open
 from augrun.images import ImageFileError, decode_image
 from augrun.registry import Registry
 from augrun.seeding import derive_seed
 
-
-class DataError(UserError):
-    """A dataset that cannot be read."""
 
 
 @dataclass
@@ -152,7 +149,7 @@ def load_cifar(root: Path, name: str, *, download: bool) -> DataSplits:
         batches = [_unpickle(folder / f) for f in files]
         for f, batch in zip(files, batches):
             if not isinstance(batch, dict) or "data" not in batch or spec["label_key"] not in batch:
-                raise DataError(f"dataset.root: {printable(folder / f)} is not a CIFAR batch (no 'data' and "
+                raise DataError("dataset.root", f"{printable(folder / f)} is not a CIFAR batch (no 'data' and "
                                 f"'{spec['label_key']}'); delete {printable(folder)} to download again")
         pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
         labels = np.concatenate([np.asarray(b[spec["label_key"]], dtype=np.int64) for b in batches])
@@ -169,7 +166,7 @@ def _unpickle(path: Path) -> dict:
             return pickle.load(file, encoding="latin1")
     except Exception as error:  # a damaged pickle can raise almost any type
         reason = " ".join(f"{type(error).__name__}: {error}".split())
-        raise DataError(f"dataset.root: cannot read {printable(path)} ({reason}); delete it to download again") from None
+        raise DataError("dataset.root", f"cannot read {printable(path)} ({reason}); delete it to download again") from None
 
 
 def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -> None:
@@ -178,13 +175,13 @@ def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -
     how = (f"download {url} and extract it into {printable(root)}/, or point dataset.root at a folder holding "
            f"{looked_for.name}/")
     if not download:
-        raise DataError(f"dataset.root: {printable(looked_for)} not found and dataset.download=false; {how}")
+        raise DataError("dataset.root", f"{printable(looked_for)} not found and dataset.download=false; {how}")
     from torchvision.datasets.utils import download_and_extract_archive
     try:
         download_and_extract_archive(url, str(root), filename=archive, md5=md5)
     except (OSError, RuntimeError, tarfile.TarError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"dataset.root: {printable(looked_for)} not found and the download failed ({reason}); "
+        raise DataError("dataset.root", f"{printable(looked_for)} not found and the download failed ({reason}); "
                         f"{how}") from None
 
 
@@ -200,10 +197,10 @@ def load_fashion_mnist(root: Path, *, download: bool) -> DataSplits:
     try:
         splits = [FashionMNIST(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as error:  # torchvision's "Dataset not found"
-        raise DataError(f"dataset.root: Fashion-MNIST not found in {printable(root / 'FashionMNIST' / 'raw')} ({error}); "
+        raise DataError("dataset.root", f"Fashion-MNIST not found in {printable(root / 'FashionMNIST' / 'raw')} ({error}); "
                         "set dataset.download=true with network access, or copy the four idx files there") from None
     except OSError as error:
-        raise DataError(f"dataset.root: Fashion-MNIST download into {printable(root)} failed ({error}); "
+        raise DataError("dataset.root", f"Fashion-MNIST download into {printable(root)} failed ({error}); "
                         "copy the four idx .gz files into FashionMNIST/raw/ there") from None
     return DataSplits(*(ImageData(s.data.unsqueeze(1).clone(), s.targets.clone(), list(s.classes)) for s in splits))
 
@@ -217,13 +214,13 @@ def _image_folder(r: DatasetRequest) -> DataSplits:
 
 def load_image_folder(root: Path, *, image_size: int) -> DataSplits:
     if not root.is_dir():
-        raise DataError(f"dataset.root: {printable(root)} is not a directory; valid: a folder holding train/<class>/ and "
+        raise DataError("dataset.root", f"{printable(root)} is not a directory; valid: a folder holding train/<class>/ and "
                         "test/<class>/")
     splits = [_class_files(root, split) for split in ("train", "test")]
     if list(splits[0]) != list(splits[1]):
         only_train = sorted(set(splits[0]) - set(splits[1]))
         only_test = sorted(set(splits[1]) - set(splits[0]))
-        raise DataError(f"dataset.root: classes differ between {printable(root)}/train and {printable(root)}/test "
+        raise DataError("dataset.root", f"classes differ between {printable(root)}/train and {printable(root)}/test "
                         f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
     return DataSplits(*(_cached_decode(root, split, files, image_size) for split, files in zip(("train", "test"), splits)))
 
@@ -231,16 +228,16 @@ def load_image_folder(root: Path, *, image_size: int) -> DataSplits:
 def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
-        raise DataError(f"dataset.root: {printable(folder)} is missing; valid: {printable(root)} holding train/<class>/ and "
+        raise DataError("dataset.root", f"{printable(folder)} is missing; valid: {printable(root)} holding train/<class>/ and "
                         "test/<class>/")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"dataset.root: {printable(folder)} has no class folders; valid: "
+        raise DataError("dataset.root", f"{printable(folder)} has no class folders; valid: "
                         f"{printable(folder)}/<class>/<image files>")
     files = {c: sorted(p for p in (folder / c).iterdir() if p.is_file() and not p.name.startswith(".")) for c in classes}
     for c, paths in files.items():
         if not paths:
-            raise DataError(f"dataset.root: class folder {printable(folder / c)} is empty; every class needs at least one "
+            raise DataError("dataset.root", f"class folder {printable(folder / c)} is empty; every class needs at least one "
                             "image")
     return files
 
@@ -317,7 +314,7 @@ def _read_image(path: Path, image_size: int) -> np.ndarray:
     try:
         pixels = decode_image(path, channels=3)
     except ImageFileError as error:
-        raise DataError(f"dataset.root: {error}") from None
+        raise DataError("dataset.root", f"{error}") from None
     if pixels.shape[:2] != (image_size, image_size):
         pixels = np.asarray(Image.fromarray(pixels).resize((image_size, image_size), Image.BILINEAR))
     return pixels

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -17,9 +18,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from augrun import signals
-from augrun.config import ConfigError
+from augrun.errors import INPUT_ERROR_STATUS, ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
     # Set by a rank that stopped on a signal, which then exits cleanly: a non-zero exit would make join end the other
     # ranks, rank 0 perhaps still writing the checkpoint.
     stopped_by = multiprocessing.get_context("spawn").RawValue("i", 0)
+    # bad input found inside a rank (a dataset too large for its GPU): sent here as itself, to be raised as itself
+    user_errors = multiprocessing.get_context("spawn").SimpleQueue()
     ranks: list = []
 
     def forward(signum, frame=None):
@@ -140,14 +144,19 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
         # starting the tracker (on the first spawn) unblocks both signals in this thread: start it before holding them
         resource_tracker.ensure_running()
         with signals.held_for_children():
-            context = torch.multiprocessing.start_processes(_spawned, args=(worker, placement, args, stopped_by),
+            context = torch.multiprocessing.start_processes(_spawned, args=(worker, placement, args, stopped_by, user_errors),
                                                             nprocs=placement.nprocs, join=False, start_method="spawn")
         ranks.extend(context.processes)
         if flag.signum is not None:  # received while the ranks were being started, before they could be told
             forward(flag.signum)
-        # a short grace period: the survivors of a failed rank wait in a collective that will never complete
-        while not context.join(grace_period=2):
-            pass
+        try:
+            # a short grace period: the survivors of a failed rank wait in a collective that will never complete
+            while not context.join(grace_period=2):
+                pass
+        except (ProcessRaisedException, ProcessExitedException):
+            if not user_errors.empty():  # the cause, whichever rank join happened to report first
+                raise user_errors.get() from None
+            raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -155,13 +164,16 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
         raise signals.Stopped(stopped_by.value)  # rank 0 has printed the note
 
 
-def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple, stopped_by) -> None:
+def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple, stopped_by, user_errors) -> None:
     signals.take_in_rank()
     device = torch.device(f"cuda:{placement.gpu_indices[rank]}") if placement.kind == "cuda" else torch.device("cpu")
     try:
         _run_in_group(worker, rank, placement.nprocs, device, args)
     except signals.Stopped as stop:
         stopped_by.value = stop.signum
+    except UserError as error:
+        user_errors.put(error)
+        sys.exit(INPUT_ERROR_STATUS)
 
 
 def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple) -> None:

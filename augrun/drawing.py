@@ -49,7 +49,8 @@ def augmented_copies(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend
     image = image_uint8_chw.detach().cpu()
     try:
         if backend == "gpu":
-            from augrun.augment.gpu import GPU_OPS, GpuPipeline, to_float
+            from augrun.augment.gpu import GPU_OPS, GpuPipeline
+            from augrun.augment.pixels import to_float
             ops = []
             for spec in specs:
                 try:

@@ -66,7 +66,8 @@ def _cpu_train_images(specs: Sequence[OpSpec], images: torch.Tensor, *, mean, st
 
 def _gpu_train_batch(specs: Sequence[OpSpec], images: torch.Tensor) -> torch.Tensor:
     """The batch through each gpu-backend op in turn (on the CPU: the ops are plain torch)."""
-    from augrun.augment.gpu import GPU_OPS, to_float
+    from augrun.augment.gpu import GPU_OPS
+    from augrun.augment.pixels import to_float
     batch = to_float(images)
     generator = torch.Generator().manual_seed(0)
     for spec in specs:

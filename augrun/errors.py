@@ -12,11 +12,36 @@ INPUT_ERROR_STATUS = 2
 
 
 class UserError(ValueError):
-    """Anything the user can fix: one line on stderr, exit status 2."""
+    """Anything the user can fix: one line on stderr, exit status 2. `key` names the config key, path, option or
+    override it is about ("" when there is none); `message` says what is wrong and what would be valid."""
 
-    def __init__(self, message: str, *, key: str = ""):
-        super().__init__(message)
-        self.key = key
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key, self.message = key, message
+
+    def __reduce__(self):
+        # picklable as its own type: a rank's error crosses the process boundary as this, not as traceback text
+        return type(self), (self.key, self.message)
+
+
+class ConfigError(UserError):
+    """A config value that cannot be used."""
+
+
+class DataError(UserError):
+    """A dataset that cannot be read."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used."""
+
+
+class RunDirError(UserError):
+    """A directory that cannot hold this run."""
+
+
+class CompareError(UserError):
+    """Bad input to the comparison (no runs where runs were expected, an --out that cannot be written)."""
 
 
 def first_line(error: BaseException) -> str:

@@ -47,20 +47,20 @@ def check_torchrun_environment(env=os.environ) -> bool:
         return False
     missing = [name for name in TORCHRUN_REQUIRED if name not in env]
     if missing:
-        raise UserError(f"{present[0]}: set in the environment, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
+        raise UserError(present[0], f"set in the environment, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
                         f" not; augrun joins a torchrun group only with all of {', '.join(TORCHRUN_REQUIRED)}; valid: "
-                        f"start it with torchrun, or unset {', '.join(present)}", key=present[0])
+                        f"start it with torchrun, or unset {', '.join(present)}")
     numbers = {}
     for name in ("RANK", "WORLD_SIZE", "MASTER_PORT") + (("LOCAL_RANK",) if "LOCAL_RANK" in env else ()):
         value = env[name]
         if not value.strip().isdigit():
-            raise UserError(f"{name}: got {value!r}; valid: a non-negative integer (as torchrun sets it)", key=name)
+            raise UserError(name, f"got {value!r}; valid: a non-negative integer (as torchrun sets it)")
         numbers[name] = int(value)
     if not numbers["RANK"] < numbers["WORLD_SIZE"]:
-        raise UserError(f"RANK: got {numbers['RANK']} with WORLD_SIZE={numbers['WORLD_SIZE']}; valid: 0 <= RANK < "
-                        "WORLD_SIZE", key="RANK")
+        raise UserError("RANK", f"got {numbers['RANK']} with WORLD_SIZE={numbers['WORLD_SIZE']}; valid: 0 <= RANK < "
+                        "WORLD_SIZE")
     if not 0 < numbers["MASTER_PORT"] < 65536:
-        raise UserError(f"MASTER_PORT: got {numbers['MASTER_PORT']}; valid: a port 1..65535", key="MASTER_PORT")
+        raise UserError("MASTER_PORT", f"got {numbers['MASTER_PORT']}; valid: a port 1..65535")
     return True
 
 
@@ -94,7 +94,7 @@ def _target(cfg: DictConfig, multirun: bool) -> Target:
     raw = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
     unresolved = OmegaConf.to_container(cfg.hydra.sweep if multirun else cfg.hydra.run, resolve=False)["dir"]
     if raw is None:
-        raise UserError(f"{key}: not set; valid: a directory path", key=key)
+        raise UserError(key, "not set; valid: a directory path")
     return Target(key, kind, Path(str(raw)), "${now:" in str(unresolved))
 
 
@@ -118,9 +118,9 @@ def _job_dir(cfg: DictConfig, number: int, target: Target) -> Path:
     subdir = Path(str(cfg.hydra.sweep.subdir))
     job_dir = target.path / subdir
     if subdir.is_absolute() or ".." in subdir.parts or os.path.normpath(job_dir) == os.path.normpath(target.path):
-        raise UserError(f"hydra.sweep.subdir: {subdir} puts job {number} outside its own directory of the sweep "
+        raise UserError("hydra.sweep.subdir", f"{subdir} puts job {number} outside its own directory of the sweep "
                         f"{printable(target.path)}; valid: a relative path that differs per job, e.g. "
-                        "${hydra.job.num} (the default)", key="hydra.sweep.subdir")
+                        "${hydra.job.num} (the default)")
     return job_dir
 
 
@@ -132,8 +132,8 @@ def _check_output_subdir(cfg: DictConfig, run_dir: Path) -> None:
         return
     inside = os.path.normpath(run_dir / str(subdir))
     if Path(str(subdir)).is_absolute() or not (inside + os.sep).startswith(os.path.normpath(run_dir) + os.sep):
-        raise UserError(f"hydra.output_subdir: {subdir} is outside the run directory {printable(run_dir)}; valid: "
-                        "a relative name inside it, like .hydra (the default), or null", key="hydra.output_subdir")
+        raise UserError("hydra.output_subdir", f"{subdir} is outside the run directory {printable(run_dir)}; valid: "
+                        "a relative name inside it, like .hydra (the default), or null")
 
 
 def _check_distinct(jobs: list[Job], target: Target) -> None:
@@ -143,10 +143,9 @@ def _check_distinct(jobs: list[Job], target: Target) -> None:
         path = os.path.normpath(job.run_dir)
         for other_path, other in seen.items():
             if path == other_path or path.startswith(other_path + os.sep) or other_path.startswith(path + os.sep):
-                raise UserError(f"hydra.sweep.subdir: jobs {other} and {job.number} would write to "
+                raise UserError("hydra.sweep.subdir", f"jobs {other} and {job.number} would write to "
                                 f"{printable(Path(other_path))} and {printable(job.run_dir)}; valid: a subdir "
-                                "that differs per job and is not nested, e.g. ${hydra.job.num} (the default)",
-                                key="hydra.sweep.subdir")
+                                "that differs per job and is not nested, e.g. ${hydra.job.num} (the default)")
         seen[path] = job.number
 
 

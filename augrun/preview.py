@@ -70,24 +70,17 @@ def preview_command(argv: list[str]) -> None:
         return
     try:
         if flags:
-            raise UserError(f"{sorted(flags)[0]}: not an option of augrun preview, which draws one grid; valid: "
+            raise UserError(sorted(flags)[0], "not an option of augrun preview, which draws one grid; valid: "
                             "key=value overrides, --help, --cfg job (run preview once per pipeline to compare)")
         options = check_options(compose_preview(overrides))
         if options.batch_ops:
             print(f"augrun: warning: aug.batch ({', '.join(options.batch_ops)}) mixes the images of a training batch; "
                   "the preview shows aug.train only", file=sys.stderr)
         path = write_preview(options)
-    except _user_errors() as error:
+    except UserError as error:
         fail(str(error))
     width, height = _pixels(options)
     print(f"wrote {path} ({options.rows}x{options.cols} grid, {width}x{height} pixels)")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors that are bad input. DataError only if augrun.data was imported (it imports torch, which takes
-    seconds): a typo found before that is reported without waiting for it."""
-    data = sys.modules.get("augrun.data")
-    return (UserError, ConfigError) + ((data.DataError,) if data is not None else ())
 
 
 def compose_preview(overrides: list[str]) -> DictConfig:
@@ -101,17 +94,17 @@ def compose_preview(overrides: list[str]) -> DictConfig:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:  # Hydra's OverrideParseException: a line of grammar, then a link
-        raise UserError(f"cannot parse the overrides: {first_line(error)}") from None
+        raise UserError("", f"cannot parse the overrides: {first_line(error)}") from None
     for override in parsed:
         if override.is_sweep_override():
-            raise UserError(f"{override.input_line}: preview draws one grid; valid: one value per key "
+            raise UserError(override.input_line, "preview draws one grid; valid: one value per key "
                             "(run augrun preview once per choice)")
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         try:
             return compose(config_name=CONFIG_NAME, overrides=overrides)
         except Exception as error:
-            raise UserError(describe_composition_error(error, _valid_keys)) from None
+            raise UserError("", describe_composition_error(error, _valid_keys)) from None
 
 
 def _valid_keys(parent: str) -> list[str]:
@@ -130,7 +123,7 @@ def check_options(cfg: DictConfig) -> PreviewOptions:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation that cannot resolve
         key = getattr(error, "full_key", "") or ""
-        raise UserError(f"{key}: {first_line(error)}" if key else first_line(error)) from None
+        raise UserError(key, first_line(error)) from None
     plain.pop("hydra", None)
     for key in plain:
         if key not in KEYS:

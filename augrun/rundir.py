@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from augrun.errors import UserError, printable
+from augrun.errors import RunDirError, printable
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -28,12 +28,6 @@ RESULT_FILES = (CHECKPOINT, METRICS, SUMMARY)
 # how deep to look below a target for runs or sweeps it would swallow: a sweep's jobs may nest (aug=x/seed=y)
 SCAN_DEPTH = 4
 
-
-class RunDirError(UserError):
-    """A directory that cannot hold this run."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}", key=key)
 
 
 def holds_results(path: Path) -> bool:

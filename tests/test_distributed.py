@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from augrun.compose import compose, parse_command_line
 from helpers import SMOKE, read_metrics, run_augrun
 
 TRAIN_SIZE = 320  # experiment=smoke
@@ -73,7 +74,7 @@ engine.train_one_epoch = train_one_epoch
 @pytest.mark.parametrize("error, status, line", [
     ('RuntimeError("injected failure in rank 1")', 1, "rank 1 failed: RuntimeError: injected failure in rank 1"),
     # bad input met inside a rank is reported as bad input
-    ('DataError("dataset.root: injected; valid: a folder")', 2, "rank 1: dataset.root: injected; valid: a folder"),
+    ('DataError("dataset.root", "injected; valid: a folder")', 2, "dataset.root: injected; valid: a folder"),
 ], ids=["failure", "bad-input"])
 def test_a_rank_that_raises_takes_the_run_down_with_its_error(workdir: Path, error: str, status: int, line: str):
     hooks = workdir / "hooks"
@@ -101,10 +102,6 @@ def test_joblib_launcher_runs_sweep_jobs_in_parallel(workdir: Path):
 
 def test_submitit_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="augrun.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"],
-                      return_hydra_config=True)
+    command = parse_command_line(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"])
+    cfg = compose(command, command.overrides)  # as the pre-check composes: the schema registered, Hydra's node kept
     assert cfg.hydra.launcher.gpus_per_node == 1 and "submitit" in cfg.hydra.launcher._target_

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from augrun import precheck
 from augrun.compose import parse_command_line
-from augrun.errors import UserError
+from augrun.errors import CheckpointError, CompareError, ConfigError, DataError, RunDirError, UserError
 from helpers import SMOKE, assert_user_error, make_image_folder, run_augrun, snapshot
 
 # (overrides, text the one-line message must contain)
@@ -120,3 +121,10 @@ def test_corrupt_checkpoint(workdir: Path):
 def test_unknown_command(workdir: Path):
     result = run_augrun("trian", cwd=workdir)
     assert_user_error(result, "unknown command 'trian'; valid: train, preview, compare")
+
+
+@pytest.mark.parametrize("kind", [UserError, ConfigError, DataError, CheckpointError, RunDirError, CompareError])
+def test_a_user_error_crosses_a_process_boundary_as_itself(kind):
+    error = pickle.loads(pickle.dumps(kind("dataset.root", "missing; valid: a folder")))
+    assert type(error) is kind and (error.key, error.message) == ("dataset.root", "missing; valid: a folder")
+    assert str(error) == "dataset.root: missing; valid: a folder"

@@ -18,6 +18,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as F
 
 from augrun.augment import gpu
+from augrun.augment.pixels import to_float
 
 ALPHA = 1e-3
 # Two-sided standard-normal quantile for ALPHA: P(|Z| > Z_CRIT) = 1e-3.
@@ -151,7 +152,7 @@ def test_registries_and_signatures_follow_torchvision():
 
 def test_to_float_matches_the_cpu_backend_conversion():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=gen())
-    assert torch.equal(gpu.to_float(images), T.ToDtype(torch.float32, scale=True)(images))
+    assert torch.equal(to_float(images), T.ToDtype(torch.float32, scale=True)(images))
 
 
 def test_pipeline_applies_ops_in_order():

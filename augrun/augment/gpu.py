@@ -44,19 +44,12 @@ __all__ = [
     "crop_padded",
     "resized_crop",
     "sample_beta",
-    "to_float",
 ]
 
 # ITU-R 601-2 luma, the weights torchvision (and PIL's "L" mode) use.
 _LUMA = (0.2989, 0.587, 0.114)
 # Candidates drawn per sample where torchvision retries in a loop (RandomResizedCrop, RandomErasing).
 _TRIES = 10
-
-
-def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images -> float in [0, 1], bit-identical to the cpu backend's ``ToDtype(float32, scale=True)``
-    (x * (1 / 255); the book's ToTensor divides by 255, which differs in the last bit for some values)."""
-    return images.to(dtype).mul_(1.0 / 255)
 
 
 # --- random draws: one value per sample, all from the caller's generator ------------------------------------

@@ -163,7 +163,7 @@ def write_report(runs: list[RunResult], out_dir: Path) -> Report:
         write_text_atomic(csv_path, _csv(report))
         save_figure(_figure(report), png)
     except OSError as e:  # a full disk, a read-only file system: what _check_out_dir cannot see in advance
-        raise CompareError(f"cannot write the report into {printable(out_dir)} ({_one_line(_reason(e))}); "
+        raise CompareError("", f"cannot write the report into {printable(out_dir)} ({_one_line(_reason(e))}); "
                            f"{OUT_VALID}") from None
     report.files = [md, csv_path, png]
     return report

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from augrun import rundir
-from augrun.errors import UserError, printable
+from augrun.errors import CompareError, printable
 
 SEED_KEY = "seed"
 MAX_ERROR_CHARS = 200
@@ -54,9 +54,6 @@ METRICS_ROW_FIELDS = {
 }  # fmt: skip
 SUMMARY_FIELDS = {"best_test_acc": Number(nullable=True), "examples_per_s": Number(nullable=True, finite=False)}
 SUMMARY_FINAL_FIELDS = {name: METRICS_ROW_FIELDS[name] for name in ("train_loss", "train_acc", "test_acc", "test_acc_tta")}
-class CompareError(UserError):
-    """Bad input to the comparison (no runs where runs were expected, an --out that cannot be written)."""
-
 
 @dataclass
 class RunResult:
@@ -100,7 +97,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             problem = "is not a directory" if path.exists() else "does not exist"
-            raise CompareError(f"{printable(path)} {problem}: expected a Hydra sweep root or a run directory")
+            raise CompareError("", f"{printable(path)} {problem}: expected a Hydra sweep root or a run directory")
         if (path / rundir.CONFIG_DIR).is_dir():
             runs.append(path)
             continue
@@ -108,6 +105,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         found = sorted((p.parent for p in path.rglob(rundir.CONFIG_DIR) if p.is_dir()), key=lambda p: _natural_key(str(p)))
         if not found:
             raise CompareError(
+                "",
                 f"no runs in {printable(path)}: expected a Hydra sweep root (job directories 0, 1, ... with .hydra/) "
                 "or a run directory with .hydra/"
             )
@@ -135,7 +133,7 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise CompareError(f"unreadable {printable(path)}: {_one_line(_reason(e))}") from None
+        raise CompareError("", f"unreadable {printable(path)}: {_one_line(_reason(e))}") from None
 
 
 def _reason(error: Exception) -> str:
