@@ -12,7 +12,7 @@ from PIL import Image
 from augrun import precheck
 from augrun.compose import parse_command_line
 from augrun.errors import CheckpointError, CompareError, ConfigError, DataError, RunDirError, UserError
-from helpers import SMOKE, assert_user_error, make_image_folder, run_augrun, snapshot
+from helpers import SMOKE, assert_user_error, make_image_folder, refusal, run_augrun, snapshot
 
 # (overrides, text the one-line message must contain)
 CONFIG_ERRORS = {
@@ -82,14 +82,23 @@ BAD_FOLDERS = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_FOLDERS))
-def test_bad_image_folder_exits_2_naming_the_path(case, workdir: Path):
-    break_it, expected = BAD_FOLDERS[case]
+def broken_folder(workdir: Path, case: str) -> Path:
     root = workdir / "images"
     make_image_folder(root)
-    break_it(root)
+    BAD_FOLDERS[case][0](root)
+    return root
+
+
+@pytest.mark.parametrize("case", list(BAD_FOLDERS))
+def test_bad_image_folder_is_one_line_naming_the_path(case, in_workdir: Path):
+    root = broken_folder(in_workdir, case)
+    assert BAD_FOLDERS[case][1] in refusal(*SMOKE, "dataset=imagefolder", f"dataset.root={root}")
+
+
+def test_bad_image_folder_exits_2(workdir: Path):
+    root = broken_folder(workdir, "truncated jpeg")
     result = run_augrun("train", *SMOKE, "dataset=imagefolder", f"dataset.root={root}", cwd=workdir)
-    assert_user_error(result, expected)
+    assert_user_error(result, BAD_FOLDERS["truncated jpeg"][1])
 
 
 def test_output_dir_that_cannot_be_created(workdir: Path):
