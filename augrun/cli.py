@@ -35,7 +35,9 @@ register_schemas()
 
 # --- the Hydra tasks ---------------------------------------------------------------------------------------------------
 
-def train_task(cfg: DictConfig) -> None:
+def train_task(cfg: DictConfig) -> float | None:
+    """One job. Returns its final test accuracy, the objective a searching sweeper (Optuna) maximises; NaN for a
+    failed sweep job, which such a sweeper records as a failed trial."""
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -57,12 +59,12 @@ def train_task(cfg: DictConfig) -> None:
             progress = rundir.job_progress(run_dir)
             if progress == "completed":
                 print(f"augrun: job {job_num} completed before; kept as it is", file=sys.stderr)
-                return
+                return _objective(run_dir)
             if progress == "new":
                 typed = dataclasses.replace(typed, resume=False)
         prepared = trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=_warn, job_num=job_num)
         trainer.run(prepared)
-        return
+        return _objective(run_dir)
     except signals.Stopped as stop:
         stopped = stop
     except UserError as error:  # bad input found once the run started (in any of its ranks)
@@ -80,6 +82,17 @@ def train_task(cfg: DictConfig) -> None:
         fail(message, status)
     # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
     print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
+    return float("nan")
+
+
+def _objective(run_dir: Path) -> float | None:
+    """The run's final test accuracy, from its summary.json (written by rank 0, whichever process that was)."""
+    import json
+    try:
+        final = json.loads((run_dir / rundir.SUMMARY).read_text()).get("final") or {}
+    except (OSError, ValueError):
+        return None
+    return final.get("test_acc")
 
 
 def _warn(message: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from augrun import rundir
 from augrun.config import ConfigError, TrainConfig, check_ranges, register_schemas
 from augrun.errors import UserError, first_line
 
@@ -32,7 +33,13 @@ HYDRA_FLAGS: dict[str, tuple[str, ...] | None] = {
 OPTIONAL_VALUE = {"--info", "-i"}  # `--info` alone means `--info all`
 # flags that print something and run nothing: the pre-check leaves them to Hydra
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
-ALIASES = {"-m": "--multirun", "-cp": "--config-path", "-cn": "--config-name", "-cd": "--config-dir"}
+# what Hydra does with the command: one of these at most (it raises a ValueError traceback for two)
+EXCLUSIVE_MODES = {"--run", "--multirun", "--cfg", "--info", "--shell-completion"}
+ALIASES = {"-m": "--multirun", "-cp": "--config-path", "-cn": "--config-name", "-cd": "--config-dir", "-r": "--run",
+           "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion", "-p": "--package", "-h": "--help"}
+# Hydra plugins augrun knows: their options appear once the optional extra is installed
+PLUGINS = {"hydra/sweeper": "optuna: pip install 'augrun[optuna]'",
+           "hydra/launcher": "joblib, submitit_slurm: pip install 'augrun[joblib]' or 'augrun[slurm]'"}
 # config keys that take a mapping, and the form to show when given something else
 MAPPING_FORMS = {
     "aug.train": "a mapping of op name to its arguments in application order, e.g. "
@@ -92,6 +99,9 @@ def parse_command_line(argv: list[str], flags_allowed: dict[str, tuple[str, ...]
             if value is not None and accepted and value not in accepted:
                 raise UserError(flag, f"got {value!r}; valid: {', '.join(accepted)}")
         command.flags[ALIASES.get(flag, flag)] = _absolute_dir(flag, value)
+    modes = [flag for flag in command.flags if flag in EXCLUSIVE_MODES]
+    if len(modes) > 1:
+        raise UserError(modes[1], f"cannot go with {modes[0]}; valid: one of {', '.join(sorted(EXCLUSIVE_MODES))}")
     return command
 
 
@@ -201,7 +211,8 @@ def _culprit(command: CommandLine, overrides: list[str]) -> str | None:
 
 
 def expand_jobs(command: CommandLine) -> list[list[str]]:
-    """One override list per job, as Hydra's basic sweeper would launch them."""
+    """The override lists to check: every job, as Hydra's basic sweeper will launch them; or, for a sweeper that picks
+    values as it goes (Optuna), the fixed part with each searched parameter at each end of its range (`sample_jobs`)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
@@ -217,15 +228,45 @@ def expand_jobs(command: CommandLine) -> list[list[str]]:
         if sweeps:
             raise UserError(sweeps[0], f"a sweep needs -m (augrun train -m {' '.join(overrides)})")
         return [overrides]
-    # sweeps can also come from the config (an experiment's hydra.sweeper.params), as Hydra's basic sweeper reads them;
-    # it composes them without the sweep values, and the command line wins per key
+    # sweeps can also come from the config (an experiment's hydra.sweeper.params), as Hydra's sweepers read them;
+    # they compose them without the sweep values, and the command line wins per key
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    params = compose(command, fixed).hydra.sweeper.get("params") or {}
+    sweeper = compose(command, fixed).hydra.sweeper
+    params = sweeper.get("params") or {}
     try:
         parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+        if sweeper.get("_target_") != rundir.BASIC_SWEEPER:
+            return sample_jobs(parsed)
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except (OverrideParseException, ValueError) as error:  # a sweep range that cannot expand, say
         raise UserError("", f"hydra.sweeper.params or a sweep override: {first_line(error)}") from None
+
+
+def sample_jobs(parsed) -> list[list[str]]:
+    """Jobs that put each searched parameter at the ends of its range (every option of a choice), the others at their
+    first value: what a search may pick, checked before it starts. The values it picks in between are checked again
+    as each trial starts (train_task's own checks)."""
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+    samples: dict[str, list[str]] = {}
+    for override in parsed:
+        value = override.value() if override.is_sweep_override() else None
+        if isinstance(value, IntervalSweep):
+            values = [value.start, value.end]
+        elif isinstance(value, ChoiceSweep):
+            values = list(value.list)
+        elif isinstance(value, RangeSweep):
+            values = [value.start, list(override.sweep_iterator())[-1]]
+        else:  # a fixed value, or a sweep kind Hydra adds later: its text as written
+            samples[override.get_key_element()] = [override.get_value_element_as_str()]
+            continue
+        # Hydra's own spelling of each value (quoted strings, lists), as an override would carry it; a key given again
+        # (on the command line after the config's params) replaces the earlier values, as in Hydra
+        samples[override.get_key_element()] = [Override._get_value_element_as_str(v) for v in values]
+    base = {key: values[0] for key, values in samples.items()}
+    jobs = [[f"{k}={v}" for k, v in base.items()]]
+    for key, values in samples.items():
+        jobs += [[f"{k}={v if k != key else value}" for k, v in base.items()] for value in dict.fromkeys(values[1:])]
+    return jobs
 
 
 # --- the composed config as plain, checked values -------------------------------------------------------------------
@@ -253,7 +294,8 @@ def describe_composition_error(error: BaseException, schema_fields=None, culprit
     if isinstance(error, MissingConfigException):
         if error.options is not None and error.missing_cfg_file:
             group, _, choice = error.missing_cfg_file.rpartition("/")
-            return f"{group}={choice}: unknown option; valid: {', '.join(sorted(error.options))}"
+            extra = f" ({PLUGINS[group]})" if group in PLUGINS else ""
+            return f"{group}={choice}: unknown option; valid: {', '.join(sorted(error.options))}{extra}"
         if "primary config" in str(error):
             return (f"--config-name: {first_line(error)}; valid: train (augrun's), or the name of a YAML in "
                     "--config-path or --config-dir")

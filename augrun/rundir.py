@@ -21,9 +21,12 @@ PREVIEW = "preview.png"
 CONFIG_DIR = ".hydra"          # Hydra's copy of the run's config (hydra.output_subdir)
 CONFIG = "config.yaml"         # in CONFIG_DIR: the composed config
 OVERRIDES = "overrides.yaml"   # in CONFIG_DIR: the command line's overrides
+HYDRA_CONFIG = "hydra.yaml"    # in CONFIG_DIR: Hydra's own config of the job (its sweeper, launcher, ...)
 RUN_MARKER = ".augrun-run"     # created exclusively when a run claims its directory
 SWEEP_MARKER = ".augrun-sweep"  # the same for a sweep root
 HYDRA_SWEEP_FILE = "multirun.yaml"  # Hydra writes it at every sweep root
+# the sweeper that expands a grid before it starts; any other (Optuna) picks values as it goes: a search
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 RESULT_FILES = (CHECKPOINT, METRICS, SUMMARY)
 # how deep to look below a target for runs or sweeps it would swallow: a sweep's jobs may nest (aug=x/seed=y)
 SCAN_DEPTH = 4

@@ -11,6 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from augrun.compare import search
 from augrun.compare.runs import CompareError, RunResult, _one_line, _reason, find_runs, load_run
 from augrun.compare.stats import BASELINE_KEY, BASELINE_VALUE, METRICS, Group, Report, Stat, _stat, build_report
 from augrun.curves import integer_epochs, save_figure
@@ -152,20 +153,22 @@ def _figure(report: Report) -> Figure:
     return fig
 
 
-def write_report(runs: list[RunResult], out_dir: Path) -> Report:
-    """Write comparison.md, comparison.csv and comparison.png to ``out_dir``; the same runs give the same files."""
+def write_report(runs: list[RunResult], out_dir: Path, *, searched: bool = False) -> Report:
+    """Write comparison.md, comparison.csv and comparison.png to ``out_dir``; the same runs give the same files.
+    `searched`: the runs are a search's trials, also listed best first (in comparison.md) and plotted (search.png)."""
     out_dir = Path(out_dir)
     report = build_report(runs)
     md, csv_path, png = out_dir / "comparison.md", out_dir / "comparison.csv", out_dir / "comparison.png"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(md, _markdown(report))
+        write_text_atomic(md, _markdown(report) + ("\n" + search.markdown(runs) if searched else ""))
         write_text_atomic(csv_path, _csv(report))
         save_figure(_figure(report), png)
+        figure = search.write_figure(runs, out_dir / "search.png") if searched else None
     except OSError as e:  # a full disk, a read-only file system: what _check_out_dir cannot see in advance
         raise CompareError("", f"cannot write the report into {printable(out_dir)} ({_one_line(_reason(e))}); "
                            f"{OUT_VALID}") from None
-    report.files = [md, csv_path, png]
+    report.files = [md, csv_path, png] + ([figure] if figure else [])
     return report
 
 
@@ -188,7 +191,8 @@ def print_report(report: Report, console: Console) -> None:
 
 def compare_paths(paths: list[Path], out_dir: Path, console: Console | None = None) -> Report:
     """The whole ``augrun compare``: find, load, write to ``out_dir``, and print when given a console."""
-    report = write_report([load_run(p) for p in find_runs(paths)], out_dir)
+    runs = [load_run(p) for p in find_runs(paths)]
+    report = write_report(runs, out_dir, searched=search.is_search(runs))
     if console is not None:
         print_report(report, console)
     return report
