@@ -27,6 +27,7 @@ commands:
   train     train one experiment (augrun train aug=flip_only), or sweep with -m (augrun train -m aug=none,flip_only seed=0,1,2)
   preview   write a PNG grid of augmented copies of an image (augrun preview aug=color_jitter [image=cat.jpg])
   compare   rebuild the comparison report of a finished sweep (augrun compare outputs/multirun/<date>/<time>)
+  ops       list the augmentation ops an aug config accepts, or one in full (augrun ops ColorJitter)
 
 `augrun train --help` lists the config groups and their options; `augrun train --cfg job` prints the composed config."""
 
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     commands = {"train": train_command, "preview": _lazy("augrun.preview", "preview_command"),
-                "compare": _lazy("augrun.compare_command", "compare_command")}
+                "compare": _lazy("augrun.compare_command", "compare_command"),
+                "ops": _lazy("augrun.ops_command", "ops_command")}
     if command not in commands:
         fail(f"unknown command {command!r}; valid: {', '.join(commands)} (augrun --help)")
     try:

@@ -30,13 +30,22 @@ def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
 
 
 def integer_epochs(ax: Axes) -> None:
-    """Epoch ticks at whole numbers (a 2-epoch run would otherwise get ticks 1.0, 1.2, ...)."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    """Epoch ticks at whole numbers (a 2-epoch run would otherwise get ticks 1.0, 1.2, ...).
+
+    min_n_ticks=1: MaxNLocator keeps to integers only where it finds min_n_ticks of them in view, and the default of 2
+    made a single epoch, which autoscales to about 0.945-1.055, fall back to ticks 0.945, 0.96, ... 1.05.
+    """
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
 
 
 def plot_curves(records: list[dict], path: Path, title: str = "", epochs: int | None = None) -> None:
-    """Draw train loss, train acc and test acc against epoch on one axes, as the book's ``train_ch13`` does.
+    """Write curves.png: ``curves_figure`` saved to ``path`` atomically."""
+    save_figure(curves_figure(records, title, epochs), path)
+
+
+def curves_figure(records: list[dict], title: str = "", epochs: int | None = None) -> Figure:
+    """Train loss, train acc and test acc against epoch on one axes, as the book's ``train_ch13`` draws them.
 
     ``records`` are metrics.jsonl rows (keys epoch, train_loss, train_acc, test_acc; a missing or null value is
     skipped). ``epochs``, the planned epoch count, fixes the x range like the book's ``xlim=[1, num_epochs]`` so the
@@ -65,4 +74,4 @@ def plot_curves(records: list[dict], path: Path, title: str = "", epochs: int | 
         ax.set_title(title, fontsize="small")
     # Fixed margins instead of tight_layout, which measures every label and would be half the cost of each redraw.
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.19, top=0.9 if title else 0.96)
-    save_figure(fig, path)
+    return fig

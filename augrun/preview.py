@@ -4,13 +4,15 @@
     augrun preview show=dataset [dataset=fashion_mnist]
 
 show=aug is the d2l book's ``apply(img, aug, num_rows=2, num_cols=4, scale=1.5)``: one image augmented rows*cols times,
-each copy with its own random draw, in a grid. The image is ``image=`` or else the configured dataset's first training
-image. aug.backend picks how: cpu (and auto: a preview runs on the CPU, where auto means cpu) is the torchvision
-pipeline of augrun.augment.cpu applied per copy; gpu is augrun.augment.gpu's batched ops on a batch of rows*cols copies,
+each copy with its own random draw, in a grid. The image is ``image=`` or else the cat photo shipped in augrun/assets/
+(the book's example is a cat too; see NOTICE), so the default preview needs no dataset and no network. aug.backend
+picks how: cpu (and auto: a preview runs on the CPU, where auto means cpu) is the torchvision pipeline of
+augrun.augment.cpu applied per copy; gpu is augrun.augment.gpu's batched ops on a batch of rows*cols copies,
 on the CPU device. Neither normalises. Only aug.train is drawn: aug.batch (MixUp, CutMix) mixes images of a batch and is
 checked but not shown. The image is used at its own size, so pipelines whose size follows the dataset
 (``size: ${dataset.image_size}``) crop a photo to that size; set dataset.image_size to the photo's side to see them whole.
-show=dataset is the book's ``show_images``: the first rows*cols training images, titled with their class names.
+show=dataset is the book's ``show_images`` of rows*cols training images, titled with their class names: a seeded,
+class-balanced sample (the first images of an image folder would all be one class).
 
 The picture has a fixed pixel size: the figure is (cols * scale, rows * scale) inches, saved at DPI = 100 without a
 tight bounding box, so it is round(cols * scale * 100) x round(rows * scale * 100) pixels (a 2x4 grid at scale 1.5 is
@@ -21,6 +23,7 @@ Bad input exits 2 with one line naming the key or path, before torch is imported
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -34,12 +37,15 @@ from augrun.drawing import DPI, augmented_copies, read_image, render_grid
 from augrun.errors import UserError, fail, first_line, printable
 
 if TYPE_CHECKING:
+    import torch
+
     from augrun.augment.ops import OpSpec
 
 CONFIG_NAME = "preview"
 DEFAULT_GRID = {"aug": (2, 4), "dataset": (4, 8)}  # rows, cols when left null: the book's apply, and a dataset overview
 SHOW = tuple(DEFAULT_GRID)
 KEYS = ("aug", "dataset", "image", "out", "rows", "cols", "show", "seed", "scale")
+DEFAULT_IMAGE = "cat.jpg"  # in augrun/assets/: the image of image=null; source and licence in NOTICE
 MAX_SIDE_PX = 16384  # Agg refuses pictures of 2**16 pixels a side; far below that a grid is already unreadable
 
 
@@ -47,7 +53,7 @@ MAX_SIDE_PX = 16384  # Agg refuses pictures of 2**16 pixels a side; far below th
 class PreviewOptions:
     """A checked preview command, as plain values."""
     show: str
-    image: Path | None
+    image: Path | None            # None: the shipped cat (DEFAULT_IMAGE)
     out: Path
     rows: int
     cols: int
@@ -189,12 +195,12 @@ def _figure_formats() -> list[str]:
 
 def _image_path(value: Any) -> Path:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
-        raise ConfigError("image", f"got {value!r}; valid: the path of an image file, or null for the dataset's first "
-                          "training image")
+        raise ConfigError("image", f"got {value!r}; valid: the path of an image file, or null for the shipped cat "
+                          "photo")
     path = Path(str(value)).expanduser()
     if not path.exists():
         raise ConfigError("image", f"{printable(path)} not found; valid: the path of an image file (PNG, JPEG, ...), "
-                          "or null for the dataset's first training image")
+                          "or null for the shipped cat photo")
     if not path.is_file():
         raise ConfigError("image", f"{printable(path)} is not a file; valid: the path of an image file (PNG, JPEG, ...)")
     return path
@@ -227,7 +233,7 @@ def _training_images(dataset: DictConfig):
     for key in dataset:
         if OmegaConf.is_missing(dataset, key):  # imagefolder's root: ???
             raise ConfigError(f"dataset.{key}", f"required by dataset={dataset.name} but not set; valid: "
-                              f"dataset.{key}=..., or image=PATH to preview a file instead")
+                              f"dataset.{key}=..., or show=aug to preview an image instead")
     d = OmegaConf.to_object(dataset)
     return load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
                         num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size).train
@@ -238,12 +244,38 @@ def write_preview(options: PreviewOptions) -> Path:
     count = options.rows * options.cols
     if options.show == "dataset":
         train = _training_images(options.dataset)
-        images = [image.float().div(255) for image in train.images[:count]]
-        titles = [train.classes[int(label)] for label in train.labels[:count]]
+        chosen = class_balanced_sample(train.labels, count, options.seed)
+        images = [train.images[i].float().div(255) for i in chosen]
+        titles = [train.classes[int(train.labels[i])] for i in chosen]
         return _render(images, options, titles)
-    image = read_image(options.image) if options.image is not None else _training_images(options.dataset).images[0]
+    image = read_image(options.image) if options.image is not None else _read_default_image()
     copies = augmented_copies(image, options.train_ops, options.backend, count, options.seed)
     return _render(copies, options, None)
+
+
+def _read_default_image() -> torch.Tensor:
+    """The cat shipped as package data, read through importlib.resources so that an installed augrun finds it too."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("augrun") / "assets" / DEFAULT_IMAGE) as path:
+        return read_image(path)
+
+
+def class_balanced_sample(labels: torch.Tensor, count: int, seed: int) -> list[int]:
+    """Indices of ``count`` images, classes taking turns: every class's first image, then every class's second, ...
+
+    Each class's images come in a random order seeded from (seed, "preview", "dataset"), so the picture shows the whole
+    dataset rather than its first class, and the same seed shows the same images. A class that runs out drops out.
+    """
+    import torch
+
+    from augrun.seeding import derive_seed
+
+    generator = torch.Generator().manual_seed(derive_seed(seed, "preview", "dataset"))
+    per_class = [(labels == label).nonzero().squeeze(1) for label in labels.unique()]
+    shuffled = [members[torch.randperm(len(members), generator=generator)].tolist() for members in per_class]
+    turns = itertools.chain.from_iterable(itertools.zip_longest(*shuffled))
+    return [index for index in turns if index is not None][:count]
 
 
 def _render(images, options: PreviewOptions, titles) -> Path:

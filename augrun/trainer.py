@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from augrun import checkpoint, distributed, dryrun, rundir, signals
+from augrun import checkpoint, distributed, dryrun, environment, rundir, signals
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
 from augrun.build import BuiltRun, build_run
 from augrun.config import ConfigError, TrainConfig
@@ -41,6 +41,7 @@ class Prepared:
     data: DataSplits
     resume_state: dict[str, Any] | None
     config_dict: dict[str, Any]
+    command: str = ""  # as the user typed it, for summary.json (set by `run`, in the launching process)
 
 
 # raised when a signal stopped the run, rank 0 having printed the note; carries the exit status (130, 143)
@@ -48,12 +49,14 @@ StopRun = signals.Stopped
 
 
 def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The config a checkpoint must match to be resumed. What cannot change the numbers may differ: resume itself, the
-    logger, progress updates, and the worker count (every image's draws are seeded by its index, not its worker)."""
+    """The config a checkpoint must match to be resumed. What cannot change the run's draws may differ: resume itself,
+    the logger, progress updates, the worker count (every image's draws are seeded by its index, not its worker) and
+    the thread count (null resolves to each machine's own anyway). The last two can change the order of float sums,
+    so a resume with other values is exact in its draws, not always in the last digits of its losses."""
     plain = dataclasses.asdict(cfg)
     for key in ("resume", "logger"):
         plain.pop(key)
-    for key in ("progress_updates", "workers"):
+    for key in ("progress_updates", "workers", "threads"):
         plain["trainer"].pop(key)
     return plain
 
@@ -108,7 +111,8 @@ def load_resume_state(run_dir: Path, config_dict: dict[str, Any]) -> dict[str, A
 
 
 def run(prepared: Prepared) -> None:
-    distributed.launch(_worker, prepared.placement, prepared)
+    # read here: a spawned rank's own command line is multiprocessing's
+    distributed.launch(_worker, prepared.placement, dataclasses.replace(prepared, command=environment.command_line()))
 
 
 # --- inside each process -------------------------------------------------------------------------------------------
@@ -117,11 +121,10 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     """One process of the run: build it, restore it, train and evaluate epoch by epoch, stop cleanly on a signal."""
     cfg, t = p.cfg, p.cfg.trainer
     flag = SignalFlag.installed()
-    _set_up_process(device, world)
+    _set_up_process(device, world, workers_per_rank=t.workers if p.backend == "cpu" else 0, requested=t.threads)
     run = build_run(cfg, p.data, backend=p.backend, train_ops=p.train_ops, batch_ops=p.batch_ops,
                     placement=p.placement, rank=rank, world=world, device=device)
-    outputs = RunOutputs(p.run_dir, epochs=t.epochs, devices=p.placement.device_names(),
-                         tensorboard=cfg.logger == "tensorboard") if rank == 0 else NoOutputs()
+    outputs = _main_outputs(p, device) if rank == 0 else NoOutputs()
     progress_every = max(1, run.steps // t.progress_updates)
     stops = distributed.StopAgreement(lambda: flag.signum is not None, world=world, device=device, every=progress_every)
     # One agreement before anything is written or trained: a signal received while the run was set up (or its ranks
@@ -157,11 +160,24 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     outputs.completed(progress.records, progress.total_seconds)
 
 
-def _set_up_process(device: torch.device, world: int) -> None:
+def _main_outputs(p: Prepared, device: torch.device) -> RunOutputs:
+    """Rank 0's outputs, with where the run runs (once per run, after the thread count is set); a CPU run also
+    projects its duration at its first progress update."""
+    where = environment.gather(device_kind=device.type, gpu_indices=p.placement.gpu_indices,
+                               threads=torch.get_num_threads(), command=p.command)
+    return RunOutputs(p.run_dir, epochs=p.cfg.trainer.epochs, devices=p.placement.device_names(),
+                      tensorboard=p.cfg.logger == "tensorboard", environment=where,
+                      cpu_images_per_epoch=len(p.data.train) if device.type == "cpu" else None)
+
+
+def _set_up_process(device: torch.device, world: int, *, workers_per_rank: int, requested: int | None) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
-    elif world > 1:  # ranks sharing the CPU: more threads than cores would make them fight
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    # ranks and DataLoader workers sharing the CPU: more threads than cores would make them fight
+    threads = environment.intra_op_threads(cores=os.cpu_count() or 1, ranks=world, workers_per_rank=workers_per_rank,
+                                           device_kind=device.type, requested=requested)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _run_epoch(run: BuiltRun, progress: Progress, cfg: TrainConfig, outputs, stops: distributed.StopAgreement, *,

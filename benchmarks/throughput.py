@@ -24,6 +24,7 @@ are timed): the first round of batches of each epoch is untimed, then whole roun
     python benchmarks/throughput.py --compile             # b and c compiled
     python benchmarks/throughput.py --ddp-overhead        # + DDP(1 process) against no wrapper, side by side
     python benchmarks/throughput.py --quick --device cpu  # small_cnn, small data, few steps: < 3 min on 2 cores
+    python benchmarks/throughput.py --quick --device cpu --skip-main --threads-compare  # b: 1/auto/default threads
 
 The ratios b/a and b/c are the result; absolute numbers depend on the card (or on what else the CPU is doing).
 """
@@ -59,6 +60,7 @@ from augrun.augment.ops import OpSpec, parse_train_pipeline  # noqa: E402
 from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches  # noqa: E402
 from augrun.data import ImageData, make_synthetic  # noqa: E402
 from augrun.engine import EpochState, train_one_epoch  # noqa: E402
+from augrun.environment import intra_op_threads  # noqa: E402
 from augrun.models import build_model  # noqa: E402
 from augrun.optim import build_optimizer  # noqa: E402
 
@@ -83,6 +85,7 @@ GPU_TARGETS = [
 ]
 COMPILE_TARGET_IMAGES_PER_S = 55_000  # batch 1024, compiled, on an H200
 DDP_MAX_OVERHEAD = 0.05
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # read before --threads or --threads-compare change it
 
 
 # --- command line -------------------------------------------------------------------------------------------------
@@ -113,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the book's path (the book: 4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the training process (default: torch's own choice)")
+    parser.add_argument("--threads-compare", action="store_true",
+                        help="also time the gpu-backend step on the CPU at 1 thread, augrun's automatic choice "
+                             "(trainer.threads=null) and torch's default, side by side")
     parser.add_argument("--train-size", type=int, default=None, help="synthetic images (default 50000, --quick 4096)")
     parser.add_argument("--sync-profile", choices=["auto", "on", "off"], default="auto",
                         help="count host syncs and copies per gpu-backend step with torch.profiler (auto: on CUDA)")
@@ -126,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible; valid here: --device cpu")
+    if args.threads_compare and args.device != "cpu":
+        parser.error("--threads-compare times the CPU step; valid with it: --device cpu")
     quick = args.quick
     defaults = dict(batch_sizes=[128] if quick else [256, 1024], model="small_cnn" if quick else "resnet18",
                     steps=2 if quick else 20, repeats=5, warmup=1 if quick else 10,
@@ -383,6 +391,42 @@ def ddp_overhead(args, device: torch.device, clock: Clock, resident: ImageData, 
     return rows
 
 
+# --- intra-op threads on the CPU ------------------------------------------------------------------------------------
+
+def thread_counts() -> dict[str, int]:
+    """The thread counts compared: 1, what augrun picks for one CPU process of the gpu backend (no DataLoader
+    workers), and torch's default."""
+    auto = intra_op_threads(cores=os.cpu_count() or 1, ranks=1, workers_per_rank=0, device_kind="cpu", requested=None)
+    return {"1": 1, "auto": auto, "default": TORCH_DEFAULT_THREADS}
+
+
+def threads_comparison(args, device: torch.device, clock: Clock, resident: ImageData, report) -> list[dict]:
+    """b (the gpu-backend step, fp32 on the CPU) at each thread count, in interleaved rounds of one model."""
+    counts = thread_counts()
+    rows = []
+    for batch in args.batch_sizes:
+        for pipeline_name in args.pipelines:
+            model = Trainer(new_model(args.model, device, channels_last=False), device, amp_dtype=None,
+                            compile_mode=None)
+            source = forever(device_batches(resident, gpu_pipeline(pipeline_specs(pipeline_name)), device, batch,
+                                            channels_last=False))
+
+            def at(threads: int) -> Callable[[int], None]:
+                def block(n: int) -> None:
+                    torch.set_num_threads(threads)
+                    model.block(source, n)
+                return block
+
+            timed = time_blocks(clock, {name: (at(threads), batch) for name, threads in counts.items()},
+                                warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+            row = {"pipeline": pipeline_name, "batch": batch, "counts": counts, **timed,
+                   **{f"{name}/default": timed[name]["median"] / timed["default"]["median"] for name in ("1", "auto")}}
+            rows.append(row)
+            report(row)
+    torch.set_num_threads(TORCH_DEFAULT_THREADS if args.threads is None else args.threads)
+    return rows
+
+
 # --- targets, printing, JSON -------------------------------------------------------------------------------------
 
 def evaluate_targets(args, results: dict) -> list[dict]:
@@ -440,6 +484,18 @@ def main_row(r: dict) -> list[str]:
 
     return [f"{r['pipeline']} @ {r['batch']}", *map(median, ("a", "b", "b1", "c", "aug", "feed")),
             "-" if r["b/a"] is None else f"{r['b/a']:.2f}", f"{r['b/c']:.2f}"]
+
+
+THREADS_HEADER = ["pipeline @ batch", "1 thread/s", "auto/s", "default/s", "1/default", "auto/default"]
+
+
+def threads_row(r: dict) -> list[str]:
+    return [f"{r['pipeline']} @ {r['batch']}", *(fmt(r[name]["median"]) for name in ("1", "auto", "default")),
+            f"{r['1/default']:.2f}", f"{r['auto/default']:.2f}"]
+
+
+def threads_title(counts: dict[str, int]) -> str:
+    return f"intra-op threads (gpu backend on the CPU; auto = {counts['auto']}, torch's default = {counts['default']}):"
 
 
 DDP_HEADER = ["pipeline @ batch", "no wrapper/s", "DDP(1 proc)/s", "DDP/plain", "overhead"]
@@ -510,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     clock = Clock(device)
     began = time.perf_counter()
-    results = {"meta": metadata(args, device), "rows": [], "ddp": [], "sync_profile": None, "targets": [], "notes": []}
+    results = {"meta": metadata(args, device), "rows": [], "ddp": [], "threads": [], "sync_profile": None, "targets": [],
+               "notes": []}
 
     def save() -> None:  # rewritten after every row, so a run cut short by a timeout still leaves its numbers
         results["meta"]["seconds"] = round(time.perf_counter() - began, 1)
@@ -568,6 +625,16 @@ def main(argv: list[str] | None = None) -> int:
         results["ddp"] = ddp_overhead(args, device, clock, resident, report)
         save()
 
+    if args.threads_compare:
+        print("\n" + threads_title(thread_counts()), flush=True)
+        print(table(THREADS_HEADER, []), flush=True)
+
+        def report_threads(row: dict) -> None:
+            print(table(THREADS_HEADER, [threads_row(row)]).splitlines()[-1], flush=True)
+
+        results["threads"] = threads_comparison(args, device, clock, resident, report_threads)
+        save()
+
     results["targets"] = evaluate_targets(args, results)
     save()  # also stamps meta.seconds
     print_summary(results)
@@ -583,6 +650,9 @@ def print_summary(results: dict) -> None:
         print("a: " + meta["variants"]["a"] + "\nb: " + meta["variants"]["b"] + "\nc: " + meta["variants"]["c"])
     if results["ddp"]:
         print(table(DDP_HEADER, [ddp_row(r) for r in results["ddp"]]))
+    if results.get("threads"):  # absent from the JSON of earlier versions
+        print(threads_title(results["threads"][0]["counts"]))
+        print(table(THREADS_HEADER, [threads_row(r) for r in results["threads"]]))
     profile = results["sync_profile"]
     if profile:
         if "error" in profile:

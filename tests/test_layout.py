@@ -8,7 +8,7 @@ from pathlib import Path
 import augrun
 
 PACKAGE = Path(augrun.__file__).parent
-COMMANDS = {"augrun.cli", "augrun.preview", "augrun.compare_command", "augrun.__main__"}
+COMMANDS = {"augrun.cli", "augrun.preview", "augrun.compare_command", "augrun.ops_command", "augrun.__main__"}
 MAX_LINES = 350
 LONGER_ALLOWED = {"augrun.augment.gpu"}  # the op library: one batched version per torchvision op
 

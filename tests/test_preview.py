@@ -1,10 +1,12 @@
 """`augrun preview` and a run's preview.png: grid size, determinism, both backends, the dataset grid, bad input.
 
 Most tests call `preview_command` in this process (seconds saved on imports); the error contract is checked once
-through a real `python -m augrun` subprocess. Images are made by the tests; the dataset is the synthetic one.
+through a real `python -m augrun` subprocess. Images are made by the tests (but for the shipped cat); the dataset is the
+synthetic one or a tiny image folder. Also here: integer epoch ticks of curves.png and comparison.png.
 """
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+import augrun.preview
 from augrun.augment.ops import parse_train_pipeline
+from augrun.compare import render
+from augrun.compare.runs import RunResult
+from augrun.compare.stats import build_report
+from augrun.curves import curves_figure
 from augrun.drawing import augmented_copies, write_run_preview
 from augrun.preview import preview_command
-from helpers import run_augrun, snapshot
+from helpers import make_image_folder, run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"
 
@@ -59,9 +66,24 @@ def test_grid_has_the_documented_pixel_size_and_nothing_else_is_written(in_tmp: 
     assert sorted(p.name for p in in_tmp.iterdir()) == ["cat.png", "grid.png"]  # no outputs/, .hydra/, log, temp file
 
 
-def test_default_grid_is_the_books_2x4_of_the_first_training_image(in_tmp: Path):
-    preview(SYNTHETIC)
-    assert size_of(in_tmp / "preview.png") == (600, 300)
+CAT = Path(augrun.preview.__file__).parent / "assets" / augrun.preview.DEFAULT_IMAGE
+
+
+def test_default_image_is_the_shipped_cat_with_no_data_and_no_network(tmp_path: Path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("augrun preview went to the network")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.chdir(tmp_path)
+    preview("aug=color_jitter", "dataset.download=false")  # cifar10 without its files: loading it would fail
+    assert size_of(tmp_path / "preview.png") == (600, 300)  # the book's 2x4 grid
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png"]  # no data/ folder
+    preview("aug=color_jitter", f"image={CAT}", "out=cat.png")
+    assert (tmp_path / "preview.png").read_bytes() == (tmp_path / "cat.png").read_bytes()
+
+
+def test_the_shipped_cat_is_a_small_photo():
+    assert CAT.stat().st_size < 40_000  # a compact JPEG, shipped in the wheel
+    assert size_of(CAT) == (300, 200)
 
 
 def test_different_pipelines_give_different_pictures(in_tmp: Path):
@@ -123,7 +145,8 @@ BAD_INPUT = {
     "gpu op missing": (["aug=autoaugment", "aug.backend=gpu"], "aug.backend: gpu has no version of AutoAugment"),
     "not an image": (["image=notes.txt"], "image: cannot decode notes.txt"),
     "crop larger than image": (["image=cat.png", "aug=standard", "dataset.image_size=64"], "aug.train: cannot apply"),
-    "imagefolder without root": (["dataset=imagefolder"], "dataset.root: required by dataset=imagefolder"),
+    "imagefolder without root": (["dataset=imagefolder", "show=dataset"],  # show=aug needs no dataset
+                                 "dataset.root: required by dataset=imagefolder"),
 }
 
 
@@ -153,3 +176,85 @@ def test_write_run_preview_writes_the_2x4_grid_and_leaves_the_rng_alone(tmp_path
     write_run_preview(image, specs, backend, path, seed=3)
     assert path.read_bytes() == first
     assert sorted(p.name for p in path.parent.iterdir()) == ["preview.png"]  # written atomically, no temp file left
+
+
+# --- show=dataset: a seeded, class-balanced sample -------------------------------------------------------------------
+
+FOLDER_CLASSES = ("bird", "cat", "dog")  # sorted, as the image folder numbers them
+
+
+def make_coloured_image_folder(root: Path, per_class: int = 4) -> None:
+    """make_image_folder's tree, each training image repainted so that its red channel tells its class."""
+    make_image_folder(root, classes=FOLDER_CLASSES, per_class=per_class)
+    for label, name in enumerate(FOLDER_CLASSES):
+        for path in (root / "train" / name).glob("*.png"):
+            Image.new("RGB", (32, 32), (100 * label, 10 * int(path.stem), 0)).save(path)
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list[tuple[list[torch.Tensor], list[str] | None]]:
+    """The images and titles of every grid the preview renders (and still writes)."""
+    grids = []
+    real_render_grid = augrun.preview.render_grid
+
+    def recording_render_grid(images, path, **kwargs):
+        grids.append((images, kwargs["titles"]))
+        return real_render_grid(images, path, **kwargs)
+    monkeypatch.setattr(augrun.preview, "render_grid", recording_render_grid)
+    return grids
+
+
+def test_dataset_grid_is_a_seeded_class_balanced_sample(in_tmp: Path, drawn):
+    make_coloured_image_folder(in_tmp / "images")
+    folder = ["dataset=imagefolder", "dataset.root=images", "show=dataset", "rows=2", "cols=3"]
+    preview(*folder, "out=a.png")
+    preview(*folder, "out=b.png")
+    preview(*folder, "seed=1", "out=c.png")
+    (images, titles), _, (other_images, _) = drawn
+    assert sorted(titles) == sorted(FOLDER_CLASSES * 2)  # 6 cells, 3 classes: each class twice
+    for image, title in zip(images, titles):
+        red_label = round(float(image[0, 0, 0]) * 255 / 100)
+        assert title == FOLDER_CLASSES[red_label]  # every title names its own image's class
+    assert (in_tmp / "a.png").read_bytes() == (in_tmp / "b.png").read_bytes()
+    assert not all(torch.equal(a, b) for a, b in zip(images, other_images))  # another seed, another sample
+
+
+def test_class_balanced_sample_takes_turns_and_stops_at_count():
+    labels = torch.tensor([0] * 5 + [1] * 2 + [2] * 3)
+    chosen = augrun.preview.class_balanced_sample(labels, 8, seed=0)
+    assert [int(labels[i]) for i in chosen] == [0, 1, 2, 0, 1, 2, 0, 2]  # class 1 runs out after two turns
+    assert len(set(chosen)) == 8
+    assert augrun.preview.class_balanced_sample(labels, 8, seed=0) == chosen
+
+
+# --- integer epoch ticks ---------------------------------------------------------------------------------------------
+
+def visible_ticks(ax) -> list[float]:
+    """The x ticks matplotlib draws: the locator's, within the view limits."""
+    low, high = sorted(ax.get_xlim())
+    return [t for t in ax.xaxis.get_majorticklocs() if low - 1e-9 <= t <= high + 1e-9]
+
+
+def assert_integer_epoch_ticks(ax) -> None:
+    ticks = visible_ticks(ax)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def epoch_rows(epochs: int) -> list[dict]:
+    return [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.5 + 0.1 * e, "test_acc": 0.4 + 0.1 * e}
+            for e in range(1, epochs + 1)]
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 12])
+def test_curves_have_integer_epoch_ticks(epochs: int):
+    figure = curves_figure(epoch_rows(epochs), epochs=epochs)
+    assert_integer_epoch_ticks(figure.axes[0])
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_comparison_plot_has_integer_epoch_ticks(tmp_path: Path, epochs: int):
+    runs = [RunResult(tmp_path / f"job{seed}", {"aug": "none"}, seed, "completed", epoch_rows(epochs), {}, None)
+            for seed in range(2)]
+    figure = render._figure(build_report(runs))
+    for ax in figure.axes:
+        assert_integer_epoch_ticks(ax)

@@ -1,8 +1,12 @@
-"""The augmentation vocabulary: which torchvision ops a config may name, and the checks on their arguments.
+"""The augmentation vocabulary: which ops a config may name, and the checks on their arguments.
 
-A pipeline in a config is a mapping `ClassName: {argument: value}` in application order. Only the names below are
+A pipeline in a config is a mapping `ClassName: {argument: value}` in application order. Only the names in REGISTRY are
 accepted (a config never imports arbitrary code), and each argument is checked here so that a typo or an impossible
 value stops the run before any work with a message naming `aug.train.<Op>.<argument>`.
+
+REGISTRY is the one list of names: the parser accepts exactly its names and `augrun ops` lists exactly them. Besides
+torchvision's classes it holds the Gluon (MXNet) names that the d2l book's MXNet code uses, as aliases that parse into
+the torchvision op with the same meaning, so the book's MXNet pipelines run as written on both backends.
 """
 from __future__ import annotations
 
@@ -15,15 +19,101 @@ import torchvision.transforms.v2 as T
 
 from augrun.config import ConfigError
 
-# Ops that work on PIL images in the workers, before ToTensor: the book's per-image semantics.
-IMAGE_OPS = (
-    "RandomHorizontalFlip", "RandomVerticalFlip", "RandomResizedCrop", "RandomCrop", "ColorJitter", "RandomGrayscale",
-    "RandomRotation", "RandomAffine", "GaussianBlur", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix",
-)
-# Ops torchvision applies to tensors only, so the cpu backend runs them after ToTensor.
-TENSOR_OPS = ("RandomErasing",)
-# Batch-level ops that also mix labels (`aug.batch`); they run on the training device for both backends.
-BATCH_OPS = ("MixUp", "CutMix")
+PER_IMAGE, TENSOR, BATCH = "per-image", "tensor", "batch"
+REQUIRED = inspect.Parameter.empty  # an alias argument without a default, as in Gluon's signature
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A Gluon transform, run as the torchvision op `target` with the same arguments (Gluon's and torchvision's names
+    coincide for every alias below); `arguments` is Gluon's signature, REQUIRED where Gluon has no default."""
+    target: str
+    arguments: Mapping[str, Any]
+    summary: str       # Gluon's docstring, first line
+    differences: str   # where Gluon's semantics differ from the torchvision op's, from MXNet's source
+
+
+@dataclass(frozen=True)
+class RegisteredOp:
+    name: str
+    kind: str  # PER_IMAGE (aug.train, PIL in the cpu workers), TENSOR (aug.train, after ToTensor), BATCH (aug.batch)
+    alias: Alias | None = None
+    note: str = ""               # shown by `augrun ops NAME`
+
+    @property
+    def runs_as(self) -> str:
+        return self.alias.target if self.alias else self.name
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        from augrun.augment.gpu import BATCH_OPS as GPU_BATCH_OPS, GPU_OPS  # torch-heavy; only `augrun ops` asks
+        return ("cpu", "gpu") if self.runs_as in GPU_OPS or self.runs_as in GPU_BATCH_OPS else ("cpu",)
+
+
+# Sources for the Gluon notes: apache/mxnet python/mxnet/gluon/data/vision/transforms.py (1.x) and
+# .../transforms/image.py (2.x), and the kernels they call in src/operator/image/image_random-inl.h.
+_GLUON_FACTOR = ("same distribution: the factor is uniform in [max(0, 1 - {arg}), 1 + {arg}], as torchvision's; Gluon "
+                 "applies it to the HWC uint8 array, torchvision to the PIL image")
+_GLUON_HUE = ("same shift: Gluon draws alpha in [max(0, 1 - hue), 1 + hue] and adds alpha*360 degrees to the HLS hue, "
+              "a rotation by -hue..+hue turns, which is torchvision's HSV hue shift of hue_factor in [-hue, hue] turns "
+              "(HLS and HSV share the hue angle). Gluon accepts hue up to 1; torchvision only up to 0.5 (half a turn "
+              "either way already reaches every hue), so larger values are refused. Not mx.image.HueJitterAug "
+              "(ImageIter), which rotates in YIQ space by alpha*pi, half the angle")
+_ALIASES = {
+    "RandomFlipLeftRight": Alias("RandomHorizontalFlip", {"p": 0.5},
+                                 "Randomly flip the input image left to right with a probability of p (0.5).",
+                                 "same: MXNet 1.x takes no argument (always 0.5); 2.x's p is accepted"),
+    "RandomFlipTopBottom": Alias("RandomVerticalFlip", {"p": 0.5},
+                                 "Randomly flip the input image top to bottom with a probability of p (0.5).",
+                                 "same: MXNet 1.x takes no argument (always 0.5); 2.x's p is accepted"),
+    "RandomBrightness": Alias("ColorJitter", {"brightness": REQUIRED},
+                              "Randomly jitters image brightness with a factor chosen from [max(0, 1 - brightness), "
+                              "1 + brightness].", _GLUON_FACTOR.format(arg="brightness")),
+    "RandomContrast": Alias("ColorJitter", {"contrast": REQUIRED},
+                            "Randomly jitters image contrast with a factor chosen from [max(0, 1 - contrast), "
+                            "1 + contrast].", _GLUON_FACTOR.format(arg="contrast") + "; both blend with the mean of "
+                            "the grayscale image (weights 0.299, 0.587, 0.114)"),
+    "RandomSaturation": Alias("ColorJitter", {"saturation": REQUIRED},
+                              "Randomly jitters image saturation with a factor chosen from [max(0, 1 - saturation), "
+                              "1 + saturation].", _GLUON_FACTOR.format(arg="saturation") + "; both blend with the "
+                              "grayscale image"),
+    "RandomHue": Alias("ColorJitter", {"hue": REQUIRED},
+                       "Randomly jitters image hue with a factor chosen from [max(0, 1 - hue), 1 + hue].", _GLUON_HUE),
+    "RandomColorJitter": Alias("ColorJitter", {"brightness": 0, "contrast": 0, "saturation": 0, "hue": 0},
+                               "Randomly jitters the brightness, contrast, saturation, and hue of an image.",
+                               "in a random order, as torchvision's. Gluon draws the brightness, contrast and "
+                               "saturation factors as 1 + U(-x, x), not clamped at 0 as torchvision's max(0, 1 - x): "
+                               "the same for x <= 1 (larger x: Gluon can draw negative factors). Hue: as RandomHue "
+                               "(a shift of U(-hue, hue) turns of the HLS hue)"),
+}
+_TORCHVISION_OPS = {
+    **dict.fromkeys(("RandomHorizontalFlip", "RandomVerticalFlip", "RandomResizedCrop", "RandomCrop", "ColorJitter",
+                     "RandomGrayscale", "RandomRotation", "RandomAffine", "GaussianBlur", "AutoAugment", "RandAugment",
+                     "TrivialAugmentWide", "AugMix"), PER_IMAGE),
+    "RandomErasing": TENSOR,  # torchvision applies it to tensors only, so the cpu backend runs it after ToTensor
+    "MixUp": BATCH, "CutMix": BATCH,  # mix labels too (`aug.batch`); on the training device for both backends
+}
+_NOTES = {
+    "RandomResizedCrop": "Gluon's RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3)) has the same defaults, "
+                         "but its size is (width, height) and torchvision's [height, width]: swap a non-square Gluon "
+                         "size; Gluon's scale may be one number (the least area), which is [number, 1.0] here",
+}
+REGISTRY: dict[str, RegisteredOp] = {
+    **{name: RegisteredOp(name, kind, note=_NOTES.get(name, "")) for name, kind in _TORCHVISION_OPS.items()},
+    **{name: RegisteredOp(name, _TORCHVISION_OPS[alias.target], alias) for name, alias in _ALIASES.items()},
+}
+
+
+def registered_names(*kinds: str, aliases: bool = True) -> tuple[str, ...]:
+    return tuple(n for n, op in REGISTRY.items() if op.kind in kinds and (aliases or op.alias is None))
+
+
+# the torchvision ops by kind, as the backends build them (aliases have become these by then)
+IMAGE_OPS = registered_names(PER_IMAGE, aliases=False)
+TENSOR_OPS = registered_names(TENSOR, aliases=False)
+BATCH_OPS = registered_names(BATCH, aliases=False)
+TRAIN_NAMES = registered_names(PER_IMAGE, TENSOR)  # what aug.train accepts
+BATCH_NAMES = registered_names(BATCH)              # what aug.batch accepts
 
 
 @dataclass(frozen=True)
@@ -109,26 +199,54 @@ def _convert_enums(kwargs: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
+def argument_defaults(name: str) -> dict[str, Any]:
+    """A registered op's arguments and their defaults (REQUIRED: none): torchvision's signature, Gluon's for an
+    alias."""
+    alias = REGISTRY[name].alias if name in REGISTRY else None
+    if alias is not None:
+        return dict(alias.arguments)
+    return {n: p.default for n, p in inspect.signature(getattr(T, name)).parameters.items()
+            if n not in ("self", "args", "kwargs")}
+
+
 def _argument_names(op: str) -> list[str]:
-    return [n for n in inspect.signature(getattr(T, op)).parameters if n not in ("self", "args", "kwargs")]
+    return list(argument_defaults(op))
 
 
 def build_torchvision_op(spec: OpSpec) -> T.Transform:
     """The torchvision op for a spec; torchvision's own argument checks become ConfigErrors naming the key."""
+    return _build(spec, written=spec.name)
+
+
+def _build(spec: OpSpec, *, written: str) -> T.Transform:
+    # `written`: the name in the config (a Gluon alias, or spec.name), whose arguments the message lists
     try:
         return getattr(T, spec.name)(**_convert_enums(spec.kwargs))
     except (TypeError, ValueError) as error:
-        raise ConfigError(spec.key, f"{str(error).splitlines()[0]} (arguments of {spec.name}: "
-                          f"{', '.join(_argument_names(spec.name))})") from None
+        raise ConfigError(spec.key, f"{str(error).splitlines()[0]} (arguments of {written}: "
+                          f"{', '.join(_argument_names(written))})") from None
+
+
+def _check_required(name: str, key: str, kwargs: Mapping[str, Any]) -> None:
+    """Gluon's RandomBrightness(brightness) & co. have no default: `{}` would be a silent no-op ColorJitter here.
+    (torchvision's own required arguments are reported by torchvision, in _build.)"""
+    if REGISTRY[name].alias is None:
+        return
+    missing = [arg for arg, default in argument_defaults(name).items() if default is REQUIRED and arg not in kwargs]
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]}", f"missing; {name} has no default for it; valid: e.g. "
+                          f"+{key}.{missing[0]}=0.5")
 
 
 def parse_pipeline(ops: Mapping[str, Any] | None, *, prefix: str, allowed: tuple[str, ...]) -> list[OpSpec]:
-    """Check a configured pipeline and return it as specs in application order."""
+    """Check a configured pipeline and return it as specs in application order, aliases become their torchvision op
+    (the spec's key keeps the name as written, so later messages name what the user wrote)."""
     specs = []
     for name, kwargs in (ops or {}).items():
         key = f"{prefix}.{name}"
         if name not in allowed:
-            raise ConfigError(key, f"unknown augmentation op {name!r}; valid: {', '.join(sorted(allowed))}")
+            raise ConfigError(key, f"unknown augmentation op {name!r}; valid: {', '.join(sorted(allowed))} "
+                              "(augrun ops lists them)")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise ConfigError(key, f"got {kwargs!r}; valid: a mapping of {name}'s arguments, e.g. "
                               f"{key}={{{_argument_names(name)[0]}: ...}} (in YAML: `{name}: {{arg: value}}`; "
@@ -139,19 +257,20 @@ def parse_pipeline(ops: Mapping[str, Any] | None, *, prefix: str, allowed: tuple
             if arg not in accepted:
                 raise ConfigError(f"{key}.{arg}", f"unknown argument of {name}; valid: {', '.join(accepted)}")
             _check_argument(name, arg, f"{key}.{arg}", value)
+        _check_required(name, key, kwargs)
         _check_bins(key, kwargs)
-        spec = OpSpec(name, kwargs, key)
-        build_torchvision_op(spec)  # torchvision rejects what our checks do not know about (unknown arguments, types)
+        spec = OpSpec(REGISTRY[name].runs_as, kwargs, key)
+        _build(spec, written=name)  # torchvision rejects what our checks do not know about (unknown arguments, types)
         specs.append(spec)
     return specs
 
 
 def parse_train_pipeline(ops: Mapping[str, Any] | None) -> list[OpSpec]:
-    return parse_pipeline(ops, prefix="aug.train", allowed=IMAGE_OPS + TENSOR_OPS)
+    return parse_pipeline(ops, prefix="aug.train", allowed=TRAIN_NAMES)
 
 
 def parse_batch_pipeline(ops: Mapping[str, Any] | None) -> list[OpSpec]:
-    return parse_pipeline(ops, prefix="aug.batch", allowed=BATCH_OPS)
+    return parse_pipeline(ops, prefix="aug.batch", allowed=BATCH_NAMES)
 
 
 def resolve_backend(backend: str, specs: list[OpSpec], *, device_kind: str) -> tuple[str, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -11,8 +12,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from augrun.compare import search
-from augrun.compare.runs import CompareError, RunResult, _one_line, _reason, find_runs, load_run
+import augrun.compare.search as search
+from augrun.compare.runs import CompareError, RunResult, _one_line, _reason, environment_warning, find_runs, load_run
 from augrun.compare.stats import BASELINE_KEY, BASELINE_VALUE, METRICS, Group, Report, Stat, _stat, build_report
 from augrun.curves import integer_epochs, save_figure
 from augrun.errors import printable
@@ -72,7 +73,7 @@ def _notes(report: Report) -> list[str]:
     return [g.note for g in report.groups if g.note]
 
 
-def _markdown(report: Report) -> str:
+def _markdown(report: Report, warning: str | None = None) -> str:
     md = ["# Comparison", "", "| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
     # A "|" in an override value (e.g. a list) would split the markdown cell.
     md += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _table_rows(report)]
@@ -89,6 +90,7 @@ def _markdown(report: Report) -> str:
     md += [f"- {line}" for line in _failed_lines(report)] or ["none"]
     md += ["", "## Noise", ""]
     md += [f"- {line}" for line in _notes(report)] or ["no aug=none group to compare with"]
+    md += [f"- warning: {warning}"] if warning else []
     return "\n".join(md) + "\n"
 
 
@@ -161,7 +163,7 @@ def write_report(runs: list[RunResult], out_dir: Path, *, searched: bool = False
     md, csv_path, png = out_dir / "comparison.md", out_dir / "comparison.csv", out_dir / "comparison.png"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(md, _markdown(report) + ("\n" + search.markdown(runs) if searched else ""))
+        write_text_atomic(md, _markdown(report, environment_warning(runs)) + ("\n" + search.markdown(runs) if searched else ""))
         write_text_atomic(csv_path, _csv(report))
         save_figure(_figure(report), png)
         figure = search.write_figure(runs, out_dir / "search.png") if searched else None
@@ -195,4 +197,7 @@ def compare_paths(paths: list[Path], out_dir: Path, console: Console | None = No
     report = write_report(runs, out_dir, searched=search.is_search(runs))
     if console is not None:
         print_report(report, console)
+        warning = environment_warning(runs)
+        if warning:
+            print(f"augrun: warning: {warning}", file=sys.stderr)
     return report

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from augrun import rundir
+from augrun import environment, rundir
 from augrun.errors import CompareError, printable
 
 SEED_KEY = "seed"
@@ -236,3 +236,11 @@ def load_run(run_dir: Path) -> RunResult:
     elif run.error is None and run.values["test_acc"] is None:
         run.error = "completed, but no final test accuracy in summary.json or metrics.jsonl"
     return run
+
+
+def environment_warning(runs: list[RunResult]) -> str | None:
+    """Why the runs' timings (img/s) cannot be compared, when they ran on different devices or library versions; runs
+    written before summary.json had an environment block are left out of the check."""
+    blocks = [run.summary["environment"] for run in runs if isinstance(run.summary.get("environment"), dict)]
+    difference = environment.difference(blocks)
+    return difference and f"the runs compared ran on different {difference}: timings are not comparable"
