@@ -1,7 +1,7 @@
 """Datasets as uint8 tensors (N, C, H, W) with int64 labels: CIFAR-10/100, Fashion-MNIST, image folders, synthetic.
 
 Every loader returns the same `ImageData`, so both augmentation backends and every model see one format. Decoding is
-done once: CIFAR's pickles are small, image folders are cached as a .pt file beside the images.
+done once: CIFAR's pickles are small (torchvision's classes check and parse them), image folders are cached as a .pt file beside the images.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import functools
 import hashlib
 import multiprocessing
 import os
-import pickle
 import signal
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
@@ -123,66 +122,66 @@ def make_synthetic(*, image_size: int, channels: int, num_classes: int, train_si
 
 # --- CIFAR ------------------------------------------------------------------------------------------------------
 
-CIFAR = {
-    "cifar10": dict(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a",
-                    folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
-                    meta="batches.meta", label_key="labels", names_key="label_names"),
-    "cifar100": dict(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85",
-                     folder="cifar-100-python", train=["train"], test=["test"], meta="meta", label_key="fine_labels",
-                     names_key="fine_label_names"),
-}
-
-
 DATASETS.register("cifar10")(lambda r: load_cifar(r.root, "cifar10", download=r.download))
 DATASETS.register("cifar100")(lambda r: load_cifar(r.root, "cifar100", download=r.download))
 
 
+def cifar_class(name: str):
+    """torchvision's dataset class: it knows the URL, the archive's and every file's MD5, and the pickles' layout."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    return {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+
+
 def load_cifar(root: Path, name: str, *, download: bool) -> DataSplits:
-    spec = CIFAR[name]
-    folder = root / spec["folder"]
-    needed = [folder / f for f in spec["train"] + spec["test"] + [spec["meta"]]]
-    if not all(p.is_file() for p in needed):
-        fetch(spec["url"], spec["md5"], root, download=download, looked_for=folder)
-    classes = _unpickle(folder / spec["meta"])[spec["names_key"]]
+    """CIFAR-10/100 through torchvision's classes, behind one-line errors that name the file at fault.
 
-    def read(files: list[str]) -> ImageData:
-        batches = [_unpickle(folder / f) for f in files]
-        for f, batch in zip(files, batches):
-            if not isinstance(batch, dict) or "data" not in batch or spec["label_key"] not in batch:
-                raise DataError("dataset.root", f"{printable(folder / f)} is not a CIFAR batch (no 'data' and "
-                                f"'{spec['label_key']}'); delete {printable(folder)} to download again")
-        pixels = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-        labels = np.concatenate([np.asarray(b[spec["label_key"]], dtype=np.int64) for b in batches])
-        # the pickles store each image as 1024 red, then green, then blue values, row by row
-        images = torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy())
-        return ImageData(images, torch.from_numpy(labels), list(classes))
-
-    return DataSplits(read(spec["train"]), read(spec["test"]))
-
-
-def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as file:
-            return pickle.load(file, encoding="latin1")
-    except Exception as error:  # a damaged pickle can raise almost any type
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
-        raise DataError("dataset.root", f"cannot read {printable(path)} ({reason}); delete it to download again") from None
+    Every file is checked against its MD5 before anything is unpickled (pickle can run code: a substituted file is
+    refused, never loaded); a missing or damaged one is downloaded again when dataset.download is on.
+    """
+    dataset = cifar_class(name)
+    folder = root / dataset.base_folder
+    fault = _cifar_fault(dataset, folder)
+    if fault is not None:
+        if not download:
+            how = (f"download {dataset.url} and extract it into {printable(root)}/, or point dataset.root at a folder "
+                   f"holding {folder.name}/")
+            raise DataError("dataset.root", f"{fault} and dataset.download=false; {how}")
+        fetch(dataset.url, dataset.tgz_md5, root, fault=fault, looked_for=folder)
+        fault = _cifar_fault(dataset, folder)
+        if fault is not None:  # the archive's MD5 was right, so this is a changed file list: say so, never half-load
+            raise DataError("dataset.root", f"{fault} after extracting {dataset.filename}; delete {printable(folder)} "
+                            "and try again")
+    splits = [dataset(str(root), train=train) for train in (True, False)]
+    # torchvision holds the images as (N, H, W, C) numpy arrays, as PIL wants them; augrun keeps (N, C, H, W) tensors
+    return DataSplits(*(ImageData(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(),
+                                  torch.tensor(s.targets, dtype=torch.int64), list(s.classes)) for s in splits))
 
 
-def fetch(url: str, md5: str, root: Path, *, download: bool, looked_for: Path) -> None:
-    """Download and extract an archive with torchvision's utilities, or say where the data should be."""
-    archive = url.rsplit("/", 1)[1]
-    how = (f"download {url} and extract it into {printable(root)}/, or point dataset.root at a folder holding "
-           f"{looked_for.name}/")
-    if not download:
-        raise DataError("dataset.root", f"{printable(looked_for)} not found and dataset.download=false; {how}")
+def _cifar_fault(dataset, folder: Path) -> str | None:
+    """What is wrong with a CIFAR folder, as the start of a one-line message; None when every file has its MD5."""
+    from torchvision.datasets.utils import check_integrity
+    if not folder.is_dir():
+        return f"{printable(folder)} not found"
+    for filename, md5 in dataset.train_list + dataset.test_list + [[dataset.meta["filename"], dataset.meta["md5"]]]:
+        path = folder / filename
+        if not path.is_file():
+            return f"{printable(path)} not found"
+        if not check_integrity(str(path), md5):
+            return f"{printable(path)} is damaged (its MD5 is not the published one's)"
+    return None
+
+
+def fetch(url: str, md5: str, root: Path, *, fault: str, looked_for: Path) -> None:
+    """Download and extract an archive with torchvision's utilities (checking the archive's MD5); `fault`: why."""
     from torchvision.datasets.utils import download_and_extract_archive
+    archive = url.rsplit("/", 1)[1]
     try:
         download_and_extract_archive(url, str(root), filename=archive, md5=md5)
     except (OSError, RuntimeError, tarfile.TarError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError("dataset.root", f"{printable(looked_for)} not found and the download failed ({reason}); "
-                        f"{how}") from None
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataError("dataset.root", f"{fault}, and the download failed ({reason}); "
+                        f"download {url} and extract it into {printable(root)}/, or point dataset.root at a folder "
+                        f"holding {looked_for.name}/") from None
 
 
 # --- Fashion-MNIST -------------------------------------------------------------------------------------------------

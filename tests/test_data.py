@@ -6,10 +6,15 @@ here reads the network or a shared data folder.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
 import pickle
 import shutil
 import signal
+import tarfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from PIL import Image
 import augrun.data as data_module
 from augrun.config import ConfigError
 from augrun.data import (
+    cifar_class,
     DataError,
     DataSplits,
     ImageData,
@@ -62,7 +68,20 @@ def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_k
     })
 
 
-def write_cifar10(root: Path, per_batch: int = 4, test_count: int = 6) -> dict:
+def publish(monkeypatch, name: str, folder: Path) -> None:
+    """Make the files this test wrote the published ones. torchvision's class checks every file's MD5 against the
+    official values before it unpickles anything, so the test sets those values to its own files' (the check runs)."""
+    dataset = cifar_class(name)
+
+    def md5(filename: str) -> str:
+        return hashlib.md5((folder / filename).read_bytes()).hexdigest()
+
+    monkeypatch.setattr(dataset, "train_list", [[f, md5(f)] for f, _ in dataset.train_list])
+    monkeypatch.setattr(dataset, "test_list", [[f, md5(f)] for f, _ in dataset.test_list])
+    monkeypatch.setattr(dataset, "meta", {**dataset.meta, "md5": md5(dataset.meta["filename"])})
+
+
+def write_cifar10(root: Path, monkeypatch, per_batch: int = 4, test_count: int = 6) -> dict:
     """cifar-10-batches-py/ with 5 train batches, a test batch and batches.meta; returns what was written.
 
     Batch b's labels start at 3b mod 10 and its images come from seed b, so a loader that reorders or skips
@@ -81,11 +100,12 @@ def write_cifar10(root: Path, per_batch: int = 4, test_count: int = 6) -> dict:
     test_images = random_images(test_count, seed=100)
     test_labels = [(9 - i) % 10 for i in range(test_count)]
     write_cifar_batch(folder / "test_batch", test_images, test_labels, "labels")
+    publish(monkeypatch, "cifar10", folder)
     return dict(folder=folder, classes=classes, train_images=np.concatenate(train_images), train_labels=train_labels,
                 test_images=test_images, test_labels=test_labels)
 
 
-def write_cifar100(root: Path, train_count: int = 12, test_count: int = 5) -> dict:
+def write_cifar100(root: Path, monkeypatch, train_count: int = 12, test_count: int = 5) -> dict:
     """cifar-100-python/ with train, test and meta; coarse labels differ from fine ones, so using them shows."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
@@ -96,6 +116,7 @@ def write_cifar100(root: Path, train_count: int = 12, test_count: int = 5) -> di
     test_labels = [(i * 13 + 50) % 100 for i in range(test_count)]
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         write_cifar_batch(folder / name, images, labels, "fine_labels", coarse_labels=[(x + 1) % 20 for x in labels])
+    publish(monkeypatch, "cifar100", folder)
     return dict(folder=folder, classes=classes, train_images=train_images, train_labels=train_labels,
                 test_images=test_images, test_labels=test_labels)
 
@@ -112,8 +133,8 @@ def assert_one_line_naming(error: pytest.ExceptionInfo, *names: object) -> str:
 # --- CIFAR-10 ------------------------------------------------------------------------------------------------------
 
 
-def test_cifar10_shapes_dtypes_and_classes(tmp_path):
-    written = write_cifar10(tmp_path)
+def test_cifar10_shapes_dtypes_and_classes(tmp_path, monkeypatch):
+    written = write_cifar10(tmp_path, monkeypatch)
     splits = load_dataset("cifar10", str(tmp_path), download=False)
     assert isinstance(splits, DataSplits)
     assert splits.train.images.shape == (20, 3, 32, 32) and splits.train.images.dtype == torch.uint8
@@ -123,8 +144,8 @@ def test_cifar10_shapes_dtypes_and_classes(tmp_path):
     assert (splits.num_classes, splits.channels, splits.image_size) == (10, 3, 32)
 
 
-def test_cifar10_pixels_round_trip_exactly(tmp_path):
-    written = write_cifar10(tmp_path)
+def test_cifar10_pixels_round_trip_exactly(tmp_path, monkeypatch):
+    written = write_cifar10(tmp_path, monkeypatch)
     splits = load_cifar(tmp_path, "cifar10", download=False)
     assert torch.equal(splits.train.images, torch.from_numpy(written["train_images"]))
     assert torch.equal(splits.test.images, torch.from_numpy(written["test_images"]))
@@ -134,8 +155,8 @@ def test_cifar10_pixels_round_trip_exactly(tmp_path):
         assert splits.test.images[3, c, y, x].item() == row[c * 1024 + y * 32 + x]
 
 
-def test_cifar10_labels_follow_batch_order(tmp_path):
-    written = write_cifar10(tmp_path)
+def test_cifar10_labels_follow_batch_order(tmp_path, monkeypatch):
+    written = write_cifar10(tmp_path, monkeypatch)
     splits = load_cifar(tmp_path, "cifar10", download=False)
     # data_batch_1 first, then 2..5: the images of batch b sit at [4(b-1), 4b)
     assert splits.train.labels.tolist() == written["train_labels"]
@@ -144,8 +165,8 @@ def test_cifar10_labels_follow_batch_order(tmp_path):
     assert splits.test.labels.tolist() == written["test_labels"]
 
 
-def test_cifar10_train_and_test_size_take_subsets(tmp_path):
-    write_cifar10(tmp_path)
+def test_cifar10_train_and_test_size_take_subsets(tmp_path, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch)
     full = load_cifar(tmp_path, "cifar10", download=False)
     splits = load_dataset("cifar10", str(tmp_path), download=False, train_size=10, test_size=3)
     assert len(splits.train) == 10 and len(splits.test) == 3
@@ -158,8 +179,8 @@ def test_cifar10_train_and_test_size_take_subsets(tmp_path):
 # --- CIFAR-100 -----------------------------------------------------------------------------------------------------
 
 
-def test_cifar100_reads_fine_labels_and_pixels(tmp_path):
-    written = write_cifar100(tmp_path)
+def test_cifar100_reads_fine_labels_and_pixels(tmp_path, monkeypatch):
+    written = write_cifar100(tmp_path, monkeypatch)
     splits = load_dataset("cifar100", str(tmp_path), download=False)
     assert splits.num_classes == 100 and splits.train.classes == written["classes"]
     assert splits.train.labels.tolist() == written["train_labels"]  # fine, not coarse
@@ -168,8 +189,8 @@ def test_cifar100_reads_fine_labels_and_pixels(tmp_path):
     assert torch.equal(splits.test.images, torch.from_numpy(written["test_images"]))
 
 
-def test_cifar100_subsets(tmp_path):
-    write_cifar100(tmp_path)
+def test_cifar100_subsets(tmp_path, monkeypatch):
+    write_cifar100(tmp_path, monkeypatch)
     splits = load_dataset("cifar100", str(tmp_path), download=False, train_size=5, test_size=2)
     assert (len(splits.train), len(splits.test)) == (5, 2)
 
@@ -185,41 +206,91 @@ def test_missing_cifar_without_download_names_folder_and_remedy(tmp_path, name, 
     assert "download" in message and "https://www.cs.toronto.edu/" in message  # says how to supply it
 
 
-def test_cifar_with_one_batch_missing_is_reported_not_half_loaded(tmp_path):
-    written = write_cifar10(tmp_path)
+def test_cifar_with_one_batch_missing_is_reported_not_half_loaded(tmp_path, monkeypatch):
+    written = write_cifar10(tmp_path, monkeypatch)
     (written["folder"] / "data_batch_3").unlink()
     with pytest.raises(DataError) as error:
         load_dataset("cifar10", str(tmp_path), download=False)
-    assert_one_line_naming(error, written["folder"])
+    assert_one_line_naming(error, written["folder"] / "data_batch_3", "not found", "dataset.download=false")
 
 
 def truncated_pickle(path: Path) -> bytes:
     return path.read_bytes()[: path.stat().st_size // 2]  # an interrupted download or copy
 
 
+def code_running_pickle(path: Path) -> bytes:
+    class Payload:  # unpickling this would create a file: it must never be unpickled
+        def __reduce__(self):
+            return (Path.touch, (path.parent / "payload-ran",))
+    return pickle.dumps(Payload())
+
+
 @pytest.mark.parametrize("corrupt", [
     pytest.param(truncated_pickle, id="truncated"),
     pytest.param(lambda path: b"", id="empty"),
     pytest.param(lambda path: b"<!DOCTYPE html><html>404</html>", id="html-page"),
+    pytest.param(lambda path: b"File not found\n", id="text-starting-with-an-opcode"),
     pytest.param(lambda path: b"\x00" * 64, id="zeros"),
+    pytest.param(code_running_pickle, id="code-running-pickle"),
 ])
-def test_corrupt_cifar_pickle_names_the_file(tmp_path, corrupt):
-    written = write_cifar10(tmp_path)
+def test_damaged_cifar_file_is_named_and_never_unpickled(tmp_path, monkeypatch, corrupt):
+    written = write_cifar10(tmp_path, monkeypatch)
     path = written["folder"] / "test_batch"
     path.write_bytes(corrupt(path))
     with pytest.raises(DataError) as error:
         load_dataset("cifar10", str(tmp_path), download=False)
-    assert_one_line_naming(error, path)
+    assert_one_line_naming(error, path, "is damaged")
+    assert not (path.parent / "payload-ran").exists()
 
 
-def test_corrupt_cifar_pickle_text_starting_with_an_opcode_names_the_file(tmp_path):
-    # A text file such as a proxy's error page saved under the pickle's name.
-    written = write_cifar10(tmp_path)
-    path = written["folder"] / "test_batch"
-    path.write_bytes(b"File not found\n")
+@pytest.fixture
+def web_server(tmp_path):
+    """A real HTTP server on localhost serving tmp_path/server: the download goes through torchvision's own code."""
+    served = tmp_path / "server"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield served, f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+
+
+def pack_cifar10(tmp_path: Path, monkeypatch, web_server) -> tuple[dict, Path, str]:
+    """The test's CIFAR-10 as the published archive (cifar-10-python.tar.gz), on the test's web server."""
+    written = write_cifar10(tmp_path / "made", monkeypatch)
+    served, address = web_server
+    archive = served / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(written["folder"], arcname=written["folder"].name)
+    dataset = cifar_class("cifar10")
+    monkeypatch.setattr(dataset, "url", f"{address}/{archive.name}")
+    monkeypatch.setattr(dataset, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+    return written, archive, dataset.url
+
+
+def test_cifar10_downloads_checks_and_extracts_the_archive(tmp_path, monkeypatch, web_server):
+    written, _, _ = pack_cifar10(tmp_path, monkeypatch, web_server)
+    root = tmp_path / "data"
+    splits = load_dataset("cifar10", str(root), download=True)
+    assert torch.equal(splits.train.images, torch.from_numpy(written["train_images"]))
+    assert splits.test.labels.tolist() == written["test_labels"]
+    # a file damaged later is restored from the archive already there (its MD5 checked again), not half-loaded
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"")
+    again = load_dataset("cifar10", str(root), download=True)
+    assert torch.equal(again.train.images, splits.train.images)
+
+
+def test_cifar10_download_of_a_wrong_archive_is_one_line(tmp_path, monkeypatch, web_server):
+    _, archive, url = pack_cifar10(tmp_path, monkeypatch, web_server)
+    archive.write_bytes(archive.read_bytes()[:100])  # a cut-off download: its MD5 differs
     with pytest.raises(DataError) as error:
-        load_dataset("cifar10", str(tmp_path), download=False)
-    assert_one_line_naming(error, path)
+        load_dataset("cifar10", str(tmp_path / "data"), download=True)
+    assert_one_line_naming(error, tmp_path / "data" / "cifar-10-batches-py", "download failed", url)
+    archive.unlink()  # and a server that answers 404
+    with pytest.raises(DataError) as error:
+        load_dataset("cifar10", str(tmp_path / "elsewhere"), download=True)
+    assert_one_line_naming(error, "download failed", "404")
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):

@@ -138,10 +138,10 @@ def test_the_books_mxnet_pipeline_passes_the_real_precheck_on_both_backends(back
 
 # --- the command as users run it --------------------------------------------------------------------------------------
 
-def test_augrun_ops_colorjitter_exits_0(tmp_path):
-    result = run_augrun("ops", "ColorJitter", cwd=tmp_path, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "+aug.train.ColorJitter.brightness=0.5" in result.stdout and not result.stderr
+def test_augrun_ops_colorjitter_shows_how_to_add_it(capsys):
+    ops_command(["ColorJitter"])
+    out, err = capsys.readouterr()
+    assert "+aug.train.ColorJitter.brightness=0.5" in out and not err
 
 
 def test_augrun_ops_unknown_name_exits_2_with_one_line(tmp_path):
