@@ -9,8 +9,9 @@ each copy with its own random draw, in a grid. The image is ``image=`` or else t
 picks how: cpu (and auto: a preview runs on the CPU, where auto means cpu) is the torchvision pipeline of
 augrun.augment.cpu applied per copy; gpu is augrun.augment.gpu's batched ops on a batch of rows*cols copies,
 on the CPU device. Neither normalises. Only aug.train is drawn: aug.batch (MixUp, CutMix) mixes images of a batch and is
-checked but not shown. The image is used at its own size, so pipelines whose size follows the dataset
-(``size: ${dataset.image_size}``) crop a photo to that size; set dataset.image_size to the photo's side to see them whole.
+checked but not shown. The image is used at its own size, and pipelines whose size follows the dataset
+(``size: ${dataset.image_size}``) crop to the image's shorter side unless dataset.image_size is given: the shipped cat
+(300x200) gets the book's 200x200 crops, not CIFAR's 32 px ones.
 show=dataset is the book's ``show_images`` of rows*cols training images, titled with their class names: a seeded,
 class-balanced sample (the first images of an image folder would all be one class).
 
@@ -78,7 +79,7 @@ def preview_command(argv: list[str]) -> None:
         if flags:
             raise UserError(sorted(flags)[0], "not an option of augrun preview, which draws one grid; valid: "
                             "key=value overrides, --help, --cfg job (run preview once per pipeline to compare)")
-        options = check_options(compose_preview(overrides))
+        options = preview_options(overrides)
         if options.batch_ops:
             print(f"augrun: warning: aug.batch ({', '.join(options.batch_ops)}) mixes the images of a training batch; "
                   "the preview shows aug.train only", file=sys.stderr)
@@ -87,6 +88,31 @@ def preview_command(argv: list[str]) -> None:
         fail(str(error))
     width, height = _pixels(options)
     print(f"wrote {path} ({options.rows}x{options.cols} grid, {width}x{height} pixels)")
+
+
+def preview_options(overrides: list[str]) -> PreviewOptions:
+    """The checked options of `augrun preview <overrides>`; show=aug sizes `${dataset.image_size}` to the image."""
+    cfg = compose_preview(overrides)
+    if cfg.show == "aug" and not any(_key(o) == "dataset.image_size" for o in overrides):
+        cfg.dataset.image_size = _shorter_side(cfg.image) or cfg.dataset.image_size
+    return check_options(cfg)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _shorter_side(image: Any) -> int | None:
+    """The shorter side of the image to preview (the shipped cat's for null); None when it cannot be read, which
+    check_options then reports in one line."""
+    from importlib.resources import as_file, files
+
+    from PIL import Image
+    try:
+        with as_file(files("augrun") / "assets" / DEFAULT_IMAGE) as cat, Image.open(image or cat) as opened:
+            return min(opened.size)
+    except Exception:  # noqa: BLE001 - whatever the file is, check_options and read_image say what is wrong
+        return None
 
 
 def compose_preview(overrides: list[str]) -> DictConfig:

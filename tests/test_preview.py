@@ -21,7 +21,7 @@ from augrun.compare.runs import RunResult
 from augrun.compare.stats import build_report
 from augrun.curves import curves_figure
 from augrun.drawing import augmented_copies, write_run_preview
-from augrun.preview import preview_command
+from augrun.preview import preview_command, preview_options
 from helpers import make_image_folder, run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"
@@ -79,6 +79,14 @@ def test_default_image_is_the_shipped_cat_with_no_data_and_no_network(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png"]  # no data/ folder
     preview("aug=color_jitter", f"image={CAT}", "out=cat.png")
     assert (tmp_path / "preview.png").read_bytes() == (tmp_path / "cat.png").read_bytes()
+
+
+def test_pipelines_sized_by_the_dataset_crop_to_the_image_unless_told(in_tmp: Path):
+    def crop_size(*overrides: str):
+        return preview_options(["aug=crop", *overrides]).train_ops[0].kwargs["size"]
+    assert crop_size() == 200  # the shipped 300x200 cat: the book's 200x200 crops, not CIFAR's 32 px
+    assert crop_size(f"image={in_tmp / 'cat.png'}") == min(size_of(in_tmp / "cat.png"))
+    assert crop_size("dataset.image_size=64") == 64
 
 
 def test_the_shipped_cat_is_a_small_photo():
