@@ -28,7 +28,7 @@ class BuiltRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     loss_fn: nn.Module        # per-image losses; the engine reduces them
     amp_dtype: torch.dtype | None
-    train_batches: DeviceBatches | WorkerBatches
+    train_batches: DeviceBatches | WorkerBatches  # or augrun.streaming.StreamBatches for streamed photos
     test_batches: DeviceBatches | WorkerBatches
     steps: int                # training steps per epoch on this rank
 
@@ -39,7 +39,7 @@ def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Se
     t = cfg.trainer
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank and every resume
     model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
-                        width=cfg.model.width).to(device)
+                        width=cfg.model.width, pretrained=cfg.model.pretrained).to(device)
     wrapped = wrap_model(model, channels_last=t.channels_last, placement=placement, device=device, world=world)
     # Only training is compiled. Evaluation stays eager: compiling it would add two more graphs to compile (eval-mode
     # batch norm, then the smaller last test batch) for a pass that is a small share of an epoch's work.
@@ -68,6 +68,11 @@ def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops
     compiling = cfg.trainer.compile
     # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
     shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if data.streamed:  # photo folders decoded per image each epoch (augrun/streaming.py)
+        from augrun.streaming import stream_sources
+        return stream_sources(data.train, data.test, backend=backend, train_ops=train_ops, finish_train=finish_train,
+                              finish_test=finish_test, mean=mean, std=std, workers=cfg.trainer.workers,
+                              eval_resize_ratio=cfg.dataset.eval_resize_ratio, drop_last=compiling, **shared)
     if backend == "gpu":
         from augrun.augment.gpu import GPU_OPS, GpuPipeline
         if device.type == "cuda":

@@ -1,7 +1,8 @@
 """augrun's command line: `augrun train|preview|compare ...`.
 
-Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the Hydra task for it. This is the one
-module that reads the Hydra config; everything below it takes plain arguments.
+Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the command. `augrun train` does its
+work in augrun.launch, the path it shares with the Python API (augrun.api); here that work's outcome becomes what a
+shell expects: one line on stderr and an exit status (2 bad input, 1 a failed run, 130/143 a signal).
 
 Bad input is checked before Hydra runs anything (augrun.precheck): every job of the command is composed and checked,
 so a typo exits 2 with one line before a directory is created or a file touched. Modules that import torch are imported
@@ -9,17 +10,11 @@ inside functions here and in compose/precheck, so that such a line comes before 
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
-from pathlib import Path
 
-from omegaconf import DictConfig
-
-from augrun import rundir
-from augrun.compose import parse_command_line, run_hydra, to_train_config
-from augrun.config import TrainConfig, register_schemas
-from augrun.errors import INPUT_ERROR_STATUS, UserError, fail, first_line
+from augrun.compose import parse_command_line
+from augrun.config import register_schemas
+from augrun.errors import UserError, fail
 
 USAGE = """usage: augrun <command> [hydra overrides]
 
@@ -34,159 +29,17 @@ commands:
 register_schemas()
 
 
-# --- the Hydra tasks ---------------------------------------------------------------------------------------------------
-
-def train_task(cfg: DictConfig) -> float | None:
-    """One job. Returns its final test accuracy, the objective a searching sweeper (Optuna) maximises; NaN for a
-    failed sweep job, which such a sweeper records as a failed trial."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from augrun import signals, trainer
-
-    flag = signals.SignalFlag.installed()
-    flag.stop_at_once = None  # from here on a signal is the training loop's to act on, after its checkpoint
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    typed: TrainConfig | None = None
-    stopped = None
-    try:
-        if flag.signum is not None:  # received while Hydra set this job up, or between two sweep jobs: start no more
-            raise signals.Stopped(flag.signum, signals.before_training_note(flag.signum))
-        typed = to_train_config(cfg)
-        job_num = hydra_cfg.job.num if multirun else 0
-        if multirun and typed.resume:  # a resumed sweep: keep finished jobs, continue interrupted ones, start the rest
-            progress = rundir.job_progress(run_dir)
-            if progress == "completed":
-                print(f"augrun: job {job_num} completed before; kept as it is", file=sys.stderr)
-                return _objective(run_dir)
-            if progress == "new":
-                typed = dataclasses.replace(typed, resume=False)
-        prepared = trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=_warn, job_num=job_num)
-        trainer.run(prepared)
-        return _objective(run_dir)
-    except signals.Stopped as stop:
-        stopped = stop
-    except UserError as error:  # bad input found once the run started (in any of its ranks)
-        message, status = str(error), INPUT_ERROR_STATUS
-    except Exception as error:  # a failure while training: one line here, the details in the rank's output above
-        message, status = _describe_failure(error)
-        if flag.signum is not None:
-            stopped = _stopped_by_failure(flag.signum, message, run_dir, typed)
-    if stopped is not None:  # raised here, not in the except block: the error's frames (and workers) are let go first
-        _release_unstarted_run(run_dir)
-        raise stopped
-    if typed is not None and not typed.resume:
-        _write_failure_summary(run_dir, message)
-    if not multirun:
-        fail(message, status)
-    # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
-    print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
-    return float("nan")
-
-
-def _objective(run_dir: Path) -> float | None:
-    """The run's final test accuracy, from its summary.json (written by rank 0, whichever process that was)."""
-    import json
-    try:
-        final = json.loads((run_dir / rundir.SUMMARY).read_text()).get("final") or {}
-    except (OSError, ValueError):
-        return None
-    return final.get("test_acc")
-
-
-def _warn(message: str) -> None:
-    print(f"augrun: warning: {message}", file=sys.stderr)
-
-
-def _release_unstarted_run(run_dir: Path) -> None:
-    """A run stopped before its first checkpoint has nothing to resume: give its directory back (the claim marker,
-    Hydra's copy of the config, the preview), so that the same command can simply be run again. A directory holding
-    anything else is left as it is."""
-    import shutil
-    from augrun import rundir
-    leftovers = {rundir.RUN_MARKER, rundir.CONFIG_DIR, rundir.PREVIEW}
-    if run_dir.is_dir() and all(path.name in leftovers for path in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainConfig | None):
-    """A failure while a SIGINT/SIGTERM is flagged is that signal's doing (a DataLoader or torch.compile worker that
-    died of the signal sent to the whole group, a rank that ended before the others agreed on a step): a stop, though
-    one that could not checkpoint. The run continues from its last checkpoint, if it has one."""
-    from augrun import checkpoint, signals
-    from augrun.report import MetricsFiles
-    from augrun.outputs import summary
-    if not (run_dir / checkpoint.CHECKPOINT).is_file():
-        return signals.Stopped(signum, f"stopped by signal {signum} ({message}); nothing to resume")
-    files = MetricsFiles(run_dir)
-    epochs = typed.trainer.epochs if typed is not None else 0
-    files.write_summary(summary("stopped", files.read(), epochs, None, [], 0.0, error=message))
-    return signals.Stopped(signum, f"stopped by signal {signum} ({message}); the last checkpoint is kept. "
-                                   f"{signals.resume_hint(run_dir)}")
-
-
-def _describe_failure(error: BaseException) -> tuple[str, int]:
-    """One line and the exit status for a run that failed while training."""
-    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
-    if isinstance(error, ProcessRaisedException):
-        last = [line for line in str(error).splitlines() if line.strip()][-1].strip()
-        return f"rank {error.error_index} failed: {last}", 1
-    if isinstance(error, ProcessExitedException):
-        return f"rank {error.error_index} died: {first_line(error)}", 1
-    return f"{type(error).__name__}: {first_line(error)}", 1
-
-
-def _write_failure_summary(run_dir: Path, message: str) -> None:
-    from augrun.report import MetricsFiles
-    from augrun.outputs import summary
-    if not run_dir.is_dir():
-        return
-    files = MetricsFiles(run_dir)
-    files.write_summary(summary("failed", files.read(), 0, None, [], 0.0, error=message))
-
-
 def train_command(argv: list[str]) -> None:
-    from augrun import precheck
-    sweep_root = None
+    """`augrun train`: augrun.launch does the work; here its outcome becomes one line and an exit status."""
+    from augrun import launch
     try:
-        command = parse_command_line(argv)
-        joining = precheck.check_torchrun_environment()
-        if command.prints_only:
-            hydra_argv = command.hydra_argv()
-        elif joining and os.environ["RANK"] != "0" and not command.multirun:
-            hydra_argv = _joining_rank_argv(command)  # rank 0 checks and writes; the others only join
-        else:
-            hydra_argv, claimed = precheck.precheck_train(command, visible_gpus=_visible_gpus, warn=lambda message: None)
-            sweep_root = claimed if command.multirun else None
+        launched = launch.train(parse_command_line(argv))
     except UserError as error:
         fail(str(error))
-    run_hydra(train_task, "train", hydra_argv)
-    failed = _failed_jobs(sweep_root) if sweep_root is not None else []
-    if failed:
-        fail(f"{len(failed)} sweep job(s) failed: {', '.join(failed)}", 1)
-
-
-def _failed_jobs(sweep_root: Path) -> list[str]:
-    """The sweep's failed jobs, read from their directories (whichever launcher ran them, in whichever process)."""
-    from augrun.compare import find_runs, load_run
-    try:
-        runs = [load_run(path) for path in find_runs([sweep_root])]
-    except UserError:  # no job wrote anything: Hydra has reported why
-        return []
-    return [str(run.path) for run in runs if not run.ok and run.status != "stopped"]
-
-
-def _visible_gpus() -> int:
-    import torch
-    return torch.cuda.device_count()
-
-
-def _joining_rank_argv(command) -> list[str]:
-    """Under torchrun, ranks other than 0 write nothing: Hydra gets a throwaway directory for them."""
-    import tempfile
-    return command.hydra_argv([f"hydra.run.dir={tempfile.mkdtemp(prefix='augrun-rank')}", "hydra.output_subdir=null"])
+    except launch.JobFailed as failure:
+        fail(failure.message, failure.status)
+    if launched.failed:
+        fail(f"{len(launched.failed)} sweep job(s) failed: {', '.join(launched.failed)}", 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,12 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "train":
         # Ctrl-C or SIGTERM while the command starts (imports, pre-check, data) abandons it at once, in one line;
         # train_task hands later ones to the training loop (augrun.signals)
-        signals.SignalFlag.installed().stop_at_once = _before_hydra_runs
+        from augrun.launch import before_hydra_runs
+        signals.SignalFlag.installed().stop_at_once = before_hydra_runs
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "preview": _lazy("augrun.preview", "preview_command"),
+    commands = {"train": train_command, "preview": _lazy("augrun.preview_command", "preview_command"),
                 "compare": _lazy("augrun.compare_command", "compare_command"),
                 "ops": _lazy("augrun.ops_command", "ops_command")}
     if command not in commands:
@@ -214,18 +68,6 @@ def main(argv: list[str] | None = None) -> None:
     if note:
         print(f"augrun: {note}", file=sys.stderr)
     sys.exit(status)
-
-
-def _before_hydra_runs(frame) -> bool:
-    """Whether a signal interrupts the command before it handed over to Hydra. Inside Hydra it must not raise
-    wherever Hydra happens to be: Hydra writes a job's config without an atomic rename, and a parallel launcher
-    (joblib) has to wait for its jobs, which stop on the same signal by themselves. It is recorded instead, and the
-    job's train_task acts on it."""
-    while frame is not None:
-        if frame.f_code is run_hydra.__code__:
-            return False
-        frame = frame.f_back
-    return True
 
 
 def _lazy(module: str, name: str):

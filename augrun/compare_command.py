@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from augrun.compare import CompareError, compare_paths, table_console
+from rich.console import Console
+
+from augrun.compare import CompareError, Report, compare_paths, table_console
 from augrun.compare.render import OUT_VALID
 from augrun.compare.runs import _one_line
 from augrun.errors import fail, printable
@@ -63,11 +65,18 @@ def compare_command(argv: list[str]) -> None:
         print(COMPARE_USAGE)
         return
     try:
-        paths, out = _parse_compare_args(argv)
-        compare_paths(paths, out, table_console())
+        run_compare(argv, table_console())
     except CompareError as e:  # one line already, naming its paths with printable
         fail(str(e))
+
+
+def run_compare(argv: list[str], console: Console | None) -> Report:
+    """``augrun compare`` below its help text, shared with augrun.compare_runs(): check the arguments, read the runs,
+    write the report (and print it, given a console). Bad input raises CompareError."""
+    try:
+        paths, out = _parse_compare_args(argv)
+        return compare_paths(paths, out, console)
     except OSError as e:  # a run directory vanishing or unreadable while it is read
-        fail(_one_line(e))
+        raise CompareError("", _one_line(e)) from None
 
 

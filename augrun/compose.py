@@ -133,8 +133,15 @@ def split_argv(argv: list[str]) -> tuple[list[str], set[str]]:
 
 def run_hydra(task, config_name: str, argv: list[str]) -> None:
     import hydra
+    from hydra.core.global_hydra import GlobalHydra
+    # Hydra reads sys.argv: the caller's is put back, and Hydra's global state cleared, for a Python caller (Jupyter)
+    caller_argv = sys.argv
     sys.argv = [sys.argv[0]] + argv
-    hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")(task)()
+    try:
+        hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")(task)()
+    finally:
+        sys.argv = caller_argv
+        GlobalHydra.instance().clear()
 
 
 # --- composing as Hydra will ------------------------------------------------------------------------------------------

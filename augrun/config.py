@@ -37,12 +37,17 @@ class DatasetConfig:
     normalize: bool = False
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    storage: str = "auto"               # image folders: memory | stream | auto (augrun/folders.py)
+    cache_dir: Optional[str] = None     # memory storage's decoded copy; null: $XDG_CACHE_HOME/augrun or ~/.cache/augrun
+    memory_limit_gb: float = 4.0        # auto: memory only when the decoded dataset fits this
+    eval_resize_ratio: float = 0.875    # streamed test images: shorter side to image_size / ratio, then centre crop
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
     width: int = 64
+    pretrained: bool = False
 
 
 @dataclass
@@ -99,6 +104,7 @@ def register_schemas() -> None:
 
 CHOICES = {
     "aug.backend": ("auto", "cpu", "gpu"),
+    "dataset.storage": ("auto", "memory", "stream"),
     "trainer.strategy": ("ddp", "dp"),
     "trainer.precision": ("auto", "fp32", "bf16"),
     "trainer.loss_reduction": ("mean", "sum"),
@@ -162,6 +168,11 @@ def check_ranges(cfg: TrainConfig) -> None:
     check_at_least("dataset.image_size", d.image_size, 1)
     check_at_least("dataset.train_size", d.train_size, 1, allow_none=True)
     check_at_least("dataset.test_size", d.test_size, 1, allow_none=True)
+    if not d.memory_limit_gb > 0:
+        raise ConfigError("dataset.memory_limit_gb", f"got {d.memory_limit_gb}; valid: a number of GB > 0")
+    if not 0 < d.eval_resize_ratio <= 1:
+        raise ConfigError("dataset.eval_resize_ratio", f"got {d.eval_resize_ratio}; valid: 0 < ratio <= 1 (0.875: "
+                          "resize to image_size / 0.875, then centre-crop image_size)")
     if d.channels not in (1, 3):
         raise ConfigError("dataset.channels", f"got {d.channels}; valid: 1, 3")
     check_at_least("dataset.num_classes", d.num_classes, 2)

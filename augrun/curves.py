@@ -7,6 +7,7 @@ fails on headless machines. A bare ``Figure`` needs no display and is freed when
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -18,6 +19,17 @@ from augrun.files import atomic_open
 # The book's legend and line formats: Animator(legend=['train loss', 'train acc', 'test acc'],
 # fmts=('-', 'm--', 'g-.')).
 CURVES = (("train_loss", "train loss", "-"), ("train_acc", "train acc", "m--"), ("test_acc", "test acc", "g-."))
+
+
+class InlineFigure(Figure):
+    """A Figure that Jupyter shows inline as a PNG when it is a cell's value, as pyplot's figures are shown: without
+    this a bare Figure shows as its repr text unless pyplot was imported. Where pyplot's inline backend is active,
+    IPython's own printer for Figures is used instead, so a figure is never shown twice."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+        return buffer.getvalue()
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
@@ -51,7 +63,7 @@ def curves_figure(records: list[dict], title: str = "", epochs: int | None = Non
     skipped). ``epochs``, the planned epoch count, fixes the x range like the book's ``xlim=[1, num_epochs]`` so the
     axes do not rescale every time the plot is redrawn; without it the range ends at the last recorded epoch.
     """
-    fig = Figure(figsize=(3.5, 2.5))  # the book's Animator figsize
+    fig = InlineFigure(figsize=(3.5, 2.5))  # the book's Animator figsize
     ax = fig.add_subplot()
     top = 1.0
     for key, label, fmt in CURVES:

@@ -1,57 +1,26 @@
-"""Datasets as uint8 tensors (N, C, H, W) with int64 labels: CIFAR-10/100, Fashion-MNIST, image folders, synthetic.
+"""The datasets registry: CIFAR-10/100, Fashion-MNIST, image folders, Imagenette, synthetic.
 
-Every loader returns the same `ImageData`, so both augmentation backends and every model see one format. Decoding is
-done once: CIFAR's pickles are small (torchvision's classes check and parse them), image folders are cached as a .pt file beside the images.
+Every loader returns the same `DataSplits`: uint8 tensors (N, C, H, W) with int64 labels (`ImageData`), so both
+augmentation backends and every model see one format, or, for photo folders streamed at their own resolution, file
+lists (`FileData`, augrun.folders). CIFAR's pickles are small (torchvision's classes check and parse them); image
+folders are decoded once and cached in a cache directory, or streamed.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import multiprocessing
-import os
-import signal
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from augrun import folders
 from augrun.errors import DataError, printable
-from augrun.files import atomic_open
-from augrun.images import ImageFileError, decode_image
+from augrun.imagedata import DataSplits, FileData, ImageData
 from augrun.registry import Registry
 from augrun.seeding import derive_seed
 
-
-
-@dataclass
-class ImageData:
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
-    classes: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class DataSplits:
-    train: ImageData
-    test: ImageData
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.train.classes)
-
-    @property
-    def channels(self) -> int:
-        return self.train.images.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train.images.shape[-1]
+__all__ = ["DATASETS", "DataError", "DataSplits", "DatasetRequest", "FileData", "ImageData", "load_dataset", "subset"]
 
 
 DATASETS = Registry("dataset.name", "dataset")
@@ -68,17 +37,41 @@ class DatasetRequest:
     num_classes: int
     train_size: int | None
     test_size: int | None
+    storage: str = "memory"            # memory or stream (choose_storage has resolved auto)
+    cache_dir: Path | None = None      # image folders in memory: where the decoded copy is cached
+    memory_limit_gb: float = 4.0       # auto: the most decoded bytes kept in memory
 
 
 @functools.lru_cache(maxsize=2)  # the launcher checks the data before Hydra starts, then trains on the same copy
 def load_dataset(name: str, root: str, *, download: bool = True, image_size: int = 32, channels: int = 3,
-                 num_classes: int = 10, train_size: int | None = None, test_size: int | None = None) -> DataSplits:
-    request = DatasetRequest(Path(root), download, image_size, channels, num_classes, train_size, test_size)
+                 num_classes: int = 10, train_size: int | None = None, test_size: int | None = None,
+                 storage: str = "auto", cache_dir: str | None = None, memory_limit_gb: float = 4.0) -> DataSplits:
+    choice = choose_storage(name, root, storage=storage, image_size=image_size, memory_limit_gb=memory_limit_gb,
+                            train_size=train_size, test_size=test_size)
+    request = DatasetRequest(Path(root), download, image_size, channels, num_classes, train_size, test_size,
+                             choice.storage, Path(cache_dir).expanduser() if cache_dir else None, memory_limit_gb)
     splits = DATASETS.get(name)(request)
-    return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size))
+    return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size), choice.note)
 
 
-def subset(data: ImageData, size: int | None) -> ImageData:
+def choose_storage(name: str, root: str, *, storage: str, image_size: int, memory_limit_gb: float,
+                   train_size: int | None, test_size: int | None) -> folders.StorageChoice:
+    """memory or stream for this dataset (dataset.storage=auto decides here), and what to say about the choice."""
+    if name == "imagefolder":
+        return folders.choose_storage(Path(root), storage=storage, image_size=image_size,
+                                      memory_limit_gb=memory_limit_gb, train_size=train_size, test_size=test_size)
+    if name == "imagenette":  # photos, and the folder may not be downloaded yet to look at: auto streams
+        if storage == "memory":
+            return folders.StorageChoice("memory", "")
+        note = "dataset.storage=auto: stream (Imagenette's photos are decoded per image, each epoch)"
+        return folders.StorageChoice("stream", note if storage == "auto" else "")
+    if storage == "stream":
+        raise DataError("dataset.storage", f"got stream for dataset={name}, which is small enough to hold in memory; "
+                        f"valid: stream for {', '.join(STREAMABLE)}, else memory or auto")
+    return folders.StorageChoice("memory", "")
+
+
+def subset(data: ImageData | FileData, size: int | None) -> ImageData | FileData:
     """A seeded, class-balanced subset: classes take turns in a random order until `size` images are taken."""
     if size is None or size >= len(data):
         return data
@@ -91,7 +84,7 @@ def subset(data: ImageData, size: int | None) -> ImageData:
         members = (shuffled_labels == label).nonzero().squeeze(1)
         rank_in_class[members] = torch.arange(len(members))
     chosen = order[torch.sort(rank_in_class, stable=True).indices[:size]].sort().values
-    return ImageData(data.images[chosen], data.labels[chosen], data.classes)
+    return data.take(chosen)
 
 
 # --- synthetic ----------------------------------------------------------------------------------------------------
@@ -204,116 +197,37 @@ def load_fashion_mnist(root: Path, *, download: bool) -> DataSplits:
     return DataSplits(*(ImageData(s.data.unsqueeze(1).clone(), s.targets.clone(), list(s.classes)) for s in splits))
 
 
-# --- image folders -------------------------------------------------------------------------------------------------
+# --- image folders and Imagenette ---------------------------------------------------------------------------------
+
+STREAMABLE = ("imagefolder", "imagenette")  # photo folders; the other datasets are small tensors in any case
+
 
 @DATASETS.register("imagefolder")
 def _image_folder(r: DatasetRequest) -> DataSplits:
-    return load_image_folder(r.root, image_size=r.image_size)
+    return folders.load_image_folder(r.root, image_size=r.image_size, storage=r.storage, cache_dir=r.cache_dir)
 
 
-def load_image_folder(root: Path, *, image_size: int) -> DataSplits:
-    if not root.is_dir():
-        raise DataError("dataset.root", f"{printable(root)} is not a directory; valid: a folder holding train/<class>/ and "
-                        "test/<class>/")
-    splits = [_class_files(root, split) for split in ("train", "test")]
-    if list(splits[0]) != list(splits[1]):
-        only_train = sorted(set(splits[0]) - set(splits[1]))
-        only_test = sorted(set(splits[1]) - set(splits[0]))
-        raise DataError("dataset.root", f"classes differ between {printable(root)}/train and {printable(root)}/test "
-                        f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
-    return DataSplits(*(_cached_decode(root, split, files, image_size) for split, files in zip(("train", "test"), splits)))
+def imagenette_archive() -> tuple[str, str, dict[str, tuple[str, ...]]]:
+    """The 160 px Imagenette's URL and MD5, and its class names by WordNet id, as torchvision publishes them."""
+    from torchvision.datasets import Imagenette
+    url, md5 = Imagenette._ARCHIVES["160px"]
+    return url, md5, Imagenette._WNID_TO_CLASS
 
 
-def _class_files(root: Path, split: str) -> dict[str, list[Path]]:
-    folder = root / split
-    if not folder.is_dir():
-        raise DataError("dataset.root", f"{printable(folder)} is missing; valid: {printable(root)} holding train/<class>/ and "
-                        "test/<class>/")
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError("dataset.root", f"{printable(folder)} has no class folders; valid: "
-                        f"{printable(folder)}/<class>/<image files>")
-    files = {c: sorted(p for p in (folder / c).iterdir() if p.is_file() and not p.name.startswith(".")) for c in classes}
-    for c, paths in files.items():
-        if not paths:
-            raise DataError("dataset.root", f"class folder {printable(folder / c)} is empty; every class needs at least one "
-                            "image")
-    return files
-
-
-def _fingerprint(files: dict[str, list[Path]], image_size: int) -> str:
-    """Changes when any file is added, removed, renamed, resized or touched: then the cache is rebuilt."""
-    digest = hashlib.sha1(f"v1 {image_size}".encode())
-    for c, paths in files.items():
-        for p in paths:
-            stat = p.stat()
-            digest.update(f"{c}/{p.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _cached_decode(root: Path, split: str, files: dict[str, list[Path]], image_size: int) -> ImageData:
-    cache_dir = root / ".augrun-cache"
-    cache = cache_dir / f"{split}-{image_size}-{_fingerprint(files, image_size)}.pt"
-    if cache.is_file():
-        try:
-            saved = torch.load(cache, weights_only=True)
-            return ImageData(saved["images"], saved["labels"], list(saved["classes"]))
-        except Exception:  # a cache is only a shortcut: decode again when it cannot be read
-            pass
-    data = _decode(files, image_size)
-    try:
-        cache_dir.mkdir(exist_ok=True)
-        for stale in cache_dir.glob(f"{split}-{image_size}-*.pt"):
-            stale.unlink()
-        with atomic_open(cache) as file:
-            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, file)
-    except (OSError, RuntimeError):  # RuntimeError: torch's writer on a full disk
-        pass  # a read-only dataset folder still works, it is just decoded every time
-    return data
-
-
-def _decode(files: dict[str, list[Path]], image_size: int) -> ImageData:
-    paths = [path for class_paths in files.values() for path in class_paths]
-    labels = np.repeat(np.arange(len(files), dtype=np.int64), [len(class_paths) for class_paths in files.values()])
-    chunks = [(paths[i:i + _DECODE_CHUNK], image_size) for i in range(0, len(paths), _DECODE_CHUNK)]
-    processes = min(16, os.cpu_count() or 1, len(chunks))
-    if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # small images cost more in Python calls than in decoding, which threads cannot share: processes can
-        fork = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(processes, mp_context=fork, initializer=_decoder_signal_handlers) as pool:
-            try:
-                parts = list(pool.map(_decode_chunk, chunks))
-            except BaseException:  # a bad image or Ctrl-C: do not decode the remaining chunks first
-                pool.shutdown(cancel_futures=True)
-                raise
-    else:
-        parts = [_decode_chunk(chunk) for chunk in chunks]
-    images = np.concatenate(parts) if parts else np.empty((0, image_size, image_size, 3), dtype=np.uint8)
-    return ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), list(files))
-
-
-_DECODE_CHUNK = 1024  # images per task of the decoding processes
-
-
-def _decoder_signal_handlers() -> None:
-    """A forked decoding process inherits augrun's SIGTERM handler, which only sets a flag: then the pool could not
-    stop it. SIGTERM ends it again; Ctrl-C (SIGINT, sent to the whole process group) is left to the main process."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _decode_chunk(chunk: tuple[list[Path], int]) -> np.ndarray:
-    paths, image_size = chunk
-    return np.stack([_read_image(path, image_size) for path in paths])
-
-
-def _read_image(path: Path, image_size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        pixels = decode_image(path, channels=3)
-    except ImageFileError as error:
-        raise DataError("dataset.root", f"{error}") from None
-    if pixels.shape[:2] != (image_size, image_size):
-        pixels = np.asarray(Image.fromarray(pixels).resize((image_size, image_size), Image.BILINEAR))
-    return pixels
+@DATASETS.register("imagenette")
+def _imagenette(r: DatasetRequest) -> DataSplits:
+    """Imagenette 160 px (10 ImageNet classes, ~9.5k train / ~3.9k val photos): downloaded, MD5-checked and extracted by
+    torchvision's utilities, then an image folder (val/ is its test split), streamed unless storage=memory."""
+    url, md5, names = imagenette_archive()
+    folder = r.root / url.rsplit("/", 1)[1].removesuffix(".tgz")
+    if not (folder / "train").is_dir() or not (folder / "val").is_dir():
+        fault = f"{printable(folder)} not found"
+        if not r.download:
+            raise DataError("dataset.root", f"{fault} and dataset.download=false; download {url} and extract it into "
+                            f"{printable(r.root)}/, or point dataset.root at a folder holding {folder.name}/")
+        fetch(url, md5, r.root, fault=fault, looked_for=folder)
+    splits = folders.load_image_folder(folder, image_size=r.image_size, storage=r.storage, cache_dir=r.cache_dir,
+                                       splits=("train", "val"))
+    for split in (splits.train, splits.test):  # WordNet ids -> the first English name, as torchvision's class does
+        split.classes = [names.get(wnid, (wnid,))[0] for wnid in split.classes]
+    return splits

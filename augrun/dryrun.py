@@ -26,27 +26,60 @@ MEMORY_SHARE = 0.8  # of the memory available now: the rest is for the model, wo
 
 
 def dry_run(*, train_ops: Sequence[OpSpec], batch_ops: Sequence[OpSpec], backend: str, image_size: int, channels: int,
-            num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None, model: str, width: int) -> None:
-    """Raise a ConfigError naming the op, model or dataset key that cannot train on images of this shape."""
+            num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None, model: str, width: int,
+            pretrained: bool = False, streamed: bool = False) -> None:
+    """Raise a ConfigError naming the op, model or dataset key that cannot train on images of this shape.
+    `streamed`: photos of their own sizes, which the train pipeline must bring to image_size."""
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (DRAWS, channels, image_size, image_size), dtype=torch.uint8)
-    if backend == "gpu":
-        train = _gpu_train_batch(train_ops, images)
+    if streamed:
+        train = _streamed_train_batch(train_ops, backend=backend, image_size=image_size, mean=mean, std=std)
     else:
-        train = torch.stack(_cpu_train_images(train_ops, images, mean=mean, std=std))
+        images = torch.randint(0, 256, (DRAWS, channels, image_size, image_size), dtype=torch.uint8)
+        pictures = [_picture(pixels) for pixels in images]
+        if backend == "gpu":
+            train = _gpu_train_batch(train_ops, images)
+        else:
+            train = torch.stack(_cpu_train_images(train_ops, pictures, mean=mean, std=std))
     targets = _batch_ops(batch_ops, train, torch.arange(DRAWS) % num_classes, num_classes)
-    _train_step(model, width, train, targets, channels=channels, num_classes=num_classes, image_size=image_size)
+    _train_step(model, width, train, targets, channels=channels, num_classes=num_classes, image_size=image_size,
+                pretrained=pretrained)
 
 
-def _cpu_train_images(specs: Sequence[OpSpec], images: torch.Tensor, *, mean, std) -> list[torch.Tensor]:
+def _picture(pixels: torch.Tensor) -> Image.Image:
+    return Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).numpy())
+
+
+def _streamed_train_batch(specs: Sequence[OpSpec], *, backend: str, image_size: int, mean, std) -> torch.Tensor:
+    """Made-up photos of several sizes and aspect ratios through the streamed path (for the gpu backend: the workers'
+    ops, then the device's), refused unless every one comes out image_size x image_size."""
+    from augrun.photos import split_for_device
+    worker_ops, device_ops = split_for_device(specs) if backend == "gpu" else (list(specs), [])
+    side = image_size
+    shapes = [(side, side * 4 // 3), (side * 3 // 2, side), (2 * side, 2 * side), (side * 5 // 4, side * 5 // 3)]
+    pictures = [_picture(torch.randint(0, 256, (3, *shapes[i % len(shapes)]), dtype=torch.uint8)) for i in range(DRAWS)]
+    normalized = (mean, std) if backend == "cpu" else (None, None)  # the gpu backend normalises on the device
+    images = _cpu_train_images(worker_ops, pictures, mean=normalized[0], std=normalized[1], same_size=False)
+    sizes = sorted({tuple(t.shape[-2:]) for t in images})
+    if sizes != [(side, side)]:
+        got = ", ".join("x".join(map(str, s)) for s in sizes)
+        crop = next((s.key for s in worker_ops if s.name in ("RandomResizedCrop", "RandomCrop")), None)
+        fix = (f"{crop}.size={side}" if crop else f"+aug.train.RandomResizedCrop.size={side}, or "
+               f"+aug.train.Resize.size={side} +aug.train.RandomCrop.size={side}")
+        raise ConfigError("aug.train", f"dataset.storage=stream: photos of their own sizes must come out of the train "
+                          f"pipeline as dataset.image_size ({side}x{side}), but it gives {got}; valid: {fix}")
+    batch = torch.stack(images)
+    return _gpu_train_batch(device_ops, batch) if backend == "gpu" else batch
+
+
+def _cpu_train_images(specs: Sequence[OpSpec], pictures: list[Image.Image], *, mean, std,
+                      same_size: bool = True) -> list[torch.Tensor]:
     """Each image through each op, as the cpu backend's workers run them (PIL ops, then tensor ops)."""
     import torchvision.transforms.v2 as T
     from augrun.augment.cpu import build_test_transform
     ordered = [s for s in specs if s.name not in TENSOR_OPS] + [s for s in specs if s.name in TENSOR_OPS]
     to_tensor = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
     out = []
-    for pixels in images:
-        image = Image.fromarray(pixels.permute(1, 2, 0).squeeze(-1).numpy())
+    for image in pictures:
         for spec in ordered:
             if spec.name in TENSOR_OPS and isinstance(image, Image.Image):
                 image = to_tensor(image)
@@ -55,12 +88,12 @@ def _cpu_train_images(specs: Sequence[OpSpec], images: torch.Tensor, *, mean, st
         if mean is not None:
             tensor = T.Normalize(list(mean), list(std))(tensor)
         out.append(tensor)
-    build_test_transform(mean=mean, std=std)(Image.fromarray(images[0].permute(1, 2, 0).squeeze(-1).numpy()))
+    build_test_transform(mean=mean, std=std)(pictures[0])
     sizes = sorted({tuple(t.shape) for t in out})
-    if len(sizes) > 1:
+    if same_size and len(sizes) > 1:
         raise ConfigError("aug.train", f"the pipeline gives images of different sizes ({', '.join('x'.join(map(str, s)) for s in sizes)}), "
                           "which cannot form a batch; valid: end it with an op of fixed output size, e.g. "
-                          f"+aug.train.RandomResizedCrop.size={images.shape[-1]}")
+                          f"+aug.train.RandomResizedCrop.size={pictures[0].height}")
     return out
 
 
@@ -68,7 +101,7 @@ def _gpu_train_batch(specs: Sequence[OpSpec], images: torch.Tensor) -> torch.Ten
     """The batch through each gpu-backend op in turn (on the CPU: the ops are plain torch)."""
     from augrun.augment.gpu import GPU_OPS
     from augrun.augment.pixels import to_float
-    batch = to_float(images)
+    batch = to_float(images) if images.dtype == torch.uint8 else images
     generator = torch.Generator().manual_seed(0)
     for spec in specs:
         op = GPU_OPS[spec.name](**spec.kwargs)
@@ -98,9 +131,9 @@ def _batch_ops(specs: Sequence[OpSpec], images: torch.Tensor, labels: torch.Tens
 
 
 def _train_step(model: str, width: int, images: torch.Tensor, targets: torch.Tensor, *, channels: int,
-                num_classes: int, image_size: int) -> None:
+                num_classes: int, image_size: int, pretrained: bool) -> None:
     from augrun.models import build_model
-    net = build_model(model, in_channels=channels, num_classes=num_classes, width=width)
+    net = build_model(model, in_channels=channels, num_classes=num_classes, width=width, pretrained=pretrained)
     net.train()
     try:
         loss = torch.nn.functional.cross_entropy(net(images[:2].float()), targets[:2])

@@ -1,7 +1,7 @@
 """Decode one image file into RGB/grayscale uint8 pixels, safely.
 
 `decode_image` is the only place augrun opens an image file: image-folder datasets (augrun.data) and
-``augrun preview image=...`` (augrun.preview) both call it, so both refuse the same files with the same words and
+``augrun preview image=...`` (augrun.preview_command) both call it, so both refuse the same files with the same words and
 decode the same files to the same pixels. Safely means: an image above MAX_PIXELS is refused from its header, before
 its pixels are decoded (a few-KB PNG can claim gigabytes of pixels); 16-bit files are scaled to 8 bits instead of being
 clipped; EXIF rotation is applied; and every failure is an `ImageFileError` whose message is one line, naming the file
@@ -30,6 +30,7 @@ MAX_PIXELS = 89_478_485
 WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)  # files that keep one channel when the caller allows it
 VALID_IMAGE = "valid: an image file (PNG, JPEG, BMP, ...)"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag phones set instead of rotating the pixels
 
 
 class ImageFileError(ValueError):
@@ -43,13 +44,32 @@ def decode_image(path: Path, *, channels: int | None = 3) -> np.ndarray:
     ``channels``: 3 gives RGB, 1 gives grayscale, None keeps grayscale files (GRAY_MODES) at one channel and gives
     RGB for the rest. Alpha is dropped, as torchvision's image loader does.
     """
+    pixels = np.array(_decoded(path, channels))  # a copy the caller owns (asarray's is read-only)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """One image file as a decoded RGB PIL image, EXIF rotation applied, with decode_image's checks and errors: the
+    form torchvision's PIL ops take, so a streamed photo is decoded without a copy through numpy."""
+    return _decoded(path, 3)
+
+
+def read_header(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, with decode_image's checks of the header and its errors; the pixels
+    are not decoded (a streamed folder checks every file this way before training)."""
+    return _decoded(path, None, header_only=True)
+
+
+def _decoded(path: Path, channels: int | None, *, header_only: bool = False):
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice it; an error instead, so that no size gets through.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:  # lazy: reads the header only
                 _check_size(path, image.width * image.height, f"{image.width}x{image.height}")
-                return _pixels(ImageOps.exif_transpose(image), channels)
+                if header_only:
+                    return image.size
+                return _converted(_upright(image), channels)
     except ImageFileError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # PIL's check in Image.open
@@ -75,15 +95,26 @@ def _pixels_in_pil_message(error: Exception) -> int | None:
     return int(words[2]) if len(words) > 2 and words[:2] == ["Image", "size"] and words[2].isdigit() else None
 
 
-def _pixels(image: Image.Image, channels: int | None) -> np.ndarray:
+def _upright(image: Image.Image) -> Image.Image:
+    # exif_transpose copies even an upright image; a photo streamed every epoch should not pay for that copy
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _converted(image: Image.Image, channels: int | None) -> Image.Image:
+    """A loaded image in mode L (channels 1) or RGB (3; None: L for grayscale files), independent of the file."""
     if image.mode in WIDE_GRAY_MODES:
         image = Image.fromarray(_high_byte(np.asarray(image)))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # PIL warns when such a palette goes straight to RGB
     if channels is None:
         channels = 1 if image.mode in GRAY_MODES else 3
-    pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # a copy the caller owns (asarray's is read-only)
-    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode == mode:
+        image.load()  # decoded now, while the file is open; the caller gets pixels, not a file handle
+        return image
+    return image.convert(mode)
 
 
 def _high_byte(values: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Model registry: a name from the config -> a network for the dataset's channels and classes."""
+"""Model registry: a name from the config -> a network for the dataset's channels and classes (the book's CIFAR
+ResNet-18, a small CNN, torchvision's ImageNet ResNet-18 with optional pretrained weights)."""
 from __future__ import annotations
 
 from torch import nn
 
+from augrun.config import ConfigError
 from augrun.registry import Registry
 
 
@@ -72,5 +74,42 @@ def small_cnn(*, in_channels: int, num_classes: int, width: int = 32) -> nn.Modu
     return net
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int, width: int) -> nn.Module:
-    return MODELS.get(name)(in_channels=in_channels, num_classes=num_classes, width=width)
+@MODELS.register("resnet18_imagenet")
+def resnet18_imagenet(*, in_channels: int, num_classes: int, width: int = 64, pretrained: bool = False) -> nn.Module:
+    """torchvision's ResNet-18 for photos: 7x7 stride-2 stem, max-pool, four stages (He et al. 2016); `pretrained`:
+    from torchvision's ImageNet weights (its weights API: downloaded once into torch's hub cache), with a new
+    classifier for num_classes (and, for grayscale, the stem's filters summed over RGB)."""
+    from torchvision.models import ResNet18_Weights, resnet18 as torchvision_resnet18
+    if width != 64:
+        raise ConfigError("model.width", f"got {width}; valid: 64 (torchvision's ResNet-18 has fixed widths; "
+                          "model=resnet18 takes any width)")
+    weights = ResNet18_Weights.DEFAULT if pretrained else None
+    try:
+        net = torchvision_resnet18(weights=weights)
+    except (OSError, RuntimeError) as error:  # offline (URLError is an OSError), or a damaged download
+        reason = " ".join(str(getattr(error, "reason", error)).split()) or type(error).__name__
+        raise ConfigError("model.pretrained", f"true, but torchvision's {weights} could not be loaded ({reason}); "
+                          f"valid: model.pretrained=false, or network access once (it is cached in "
+                          f"{_hub_checkpoints()})") from None
+    if in_channels != 3:
+        stem = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if pretrained:
+            stem.weight.data.copy_(net.conv1.weight.data.sum(dim=1, keepdim=True).expand_as(stem.weight))
+        net.conv1 = stem
+    if num_classes != 1000 or not pretrained:
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+def _hub_checkpoints() -> str:
+    import torch
+    return f"{torch.hub.get_dir()}/checkpoints"
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, width: int, pretrained: bool = False) -> nn.Module:
+    builder = MODELS.get(name)
+    if pretrained and name != "resnet18_imagenet":
+        raise ConfigError("model.pretrained", f"true, but {name} has no pretrained weights; valid: "
+                          "model.pretrained=false, or model=resnet18_imagenet")
+    extra = {"pretrained": pretrained} if name == "resnet18_imagenet" else {}
+    return builder(in_channels=in_channels, num_classes=num_classes, width=width, **extra)

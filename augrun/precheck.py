@@ -71,6 +71,8 @@ def precheck_train(command: CommandLine, *, visible_gpus, warn) -> tuple[list[st
     configs = [compose(command, overrides) for overrides in jobs_overrides]
     target = _target(configs[0], command.multirun)
     resume = to_train_config(configs[0]).resume
+    if target.from_clock and not resume:
+        target = replace(target, path=rundir.first_unused(target.path))
     rundir.check_writable(target.path, target.key)
     rundir.check_placement(target.path, target.key, kind=target.kind, resume=resume)
     jobs = [_job(number, cfg, target, command.multirun) for number, cfg in enumerate(configs)]

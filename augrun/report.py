@@ -3,6 +3,7 @@ metrics files (metrics.jsonl, metrics.csv, summary.json) in the run directory. O
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -82,13 +83,18 @@ class TensorBoardLog:
 
 def check_logger(logger: str) -> None:
     """Fail before any work when the chosen logger's package is missing."""
-    if logger == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            from augrun.config import ConfigError
-            raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
-                              "or logger=none") from None
+    if logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        from augrun.config import ConfigError
+        raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
+                          "or logger=none")
+
+
+def shows_live_progress(console: Console) -> bool:
+    """Whether a progress bar can redraw in place: in a terminal, or in Jupyter, where rich draws it into an ipywidgets
+    Output (without ipywidgets rich would warn at every redraw, so there is no bar, only the epoch rows)."""
+    if console.is_terminal:
+        return True
+    return console.is_jupyter and importlib.util.find_spec("ipywidgets") is not None
 
 
 class RunConsole:
@@ -101,7 +107,7 @@ class RunConsole:
         self.rows_printed = 0
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
-        if not self.console.is_terminal:  # a log file gets the epoch rows, not a bar's redraws
+        if not shows_live_progress(self.console):  # a log file gets the epoch rows, not a bar's redraws
             return
         self.progress = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console,

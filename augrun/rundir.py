@@ -118,6 +118,17 @@ def _subdirectories(path: Path) -> list[Path]:
         return []
 
 
+def clock_names(path: Path) -> list[Path]:
+    """The names a directory named by the clock may take: `<name>`, then `<name>-1`, `<name>-2`, ..."""
+    return [path] + [path.with_name(f"{path.name}-{n}") for n in range(1, 100)]
+
+
+def first_unused(path: Path) -> Path:
+    """For a name from the clock: the first of its names nothing exists at yet (a run that started in the same second
+    may have ended already, leaving its directory; this run is not that run's resume)."""
+    return next((candidate for candidate in clock_names(path) if not candidate.exists()), path)
+
+
 def claim(path: Path, key: str, *, kind: str, resume: bool, may_rename: bool) -> Path:
     """Create `path` and its marker exclusively; return the directory now owned by this process.
 
@@ -127,7 +138,7 @@ def claim(path: Path, key: str, *, kind: str, resume: bool, may_rename: bool) ->
     marker = RUN_MARKER if kind == "run" else SWEEP_MARKER
     if resume:
         return path
-    candidates = [path] + ([path.with_name(f"{path.name}-{n}") for n in range(1, 100)] if may_rename else [])
+    candidates = clock_names(path) if may_rename else [path]
     for candidate in candidates:
         try:
             candidate.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ class Stopped(BaseException):
         super().__init__(signum, note)
         self.signum, self.note = signum, note
         self.status = 128 + signum
+        self.target: Path | None = None  # the stopped run's directory or sweep's root, set by augrun.launch
 
 
 def resume_hint(run_dir: Path) -> str:
@@ -91,6 +92,23 @@ class SignalFlag:
         """A signal this process learnt of without its handler (a DDP launcher's, which passes it on)."""
         if self.signum is None:
             self.signum = signum
+
+
+@contextlib.contextmanager
+def handled_during_call(stop_at_once: Callable[[FrameType | None], bool]) -> Iterator[SignalFlag]:
+    """augrun's handling of SIGINT/SIGTERM for one call from Python (augrun.api), and the caller's handlers back after
+    it: a Jupyter kernel's SIGINT (its stop button) must interrupt the next cell as before, and a signal that stopped
+    one run must not stop the next one the kernel starts. A fresh flag per call, for the same reason."""
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    SignalFlag._instance = None
+    flag = SignalFlag.installed()
+    flag.stop_at_once = stop_at_once
+    try:
+        yield flag
+    finally:
+        SignalFlag._instance = None
+        for signum, handler in previous.items():  # None: set outside Python, which cannot be put back; the default is
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 @contextlib.contextmanager

@@ -18,12 +18,13 @@ from augrun import checkpoint, distributed, dryrun, environment, rundir, signals
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
 from augrun.build import BuiltRun, build_run
 from augrun.config import ConfigError, TrainConfig
-from augrun.data import DATASETS, DataSplits, load_dataset
+from augrun.data import DATASETS, DataSplits, choose_storage, load_dataset
 from augrun.drawing import write_run_preview
 from augrun.engine import evaluate, train_one_epoch
 from augrun.models import MODELS
 from augrun.optim import OPTIMIZERS, SCHEDULES
 from augrun.outputs import NoOutputs, RunOutputs
+from augrun.photos import split_for_device
 from augrun.progress import Checkpointer, Progress
 from augrun.report import check_logger
 from augrun.signals import SignalFlag
@@ -58,6 +59,7 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
         plain.pop(key)
     for key in ("progress_updates", "workers", "threads"):
         plain["trainer"].pop(key)
+    plain["dataset"].pop("cache_dir")  # where a decoded copy is kept changes no pixel
     return plain
 
 
@@ -72,7 +74,13 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
                                             visible_gpus=visible_gpus, job_num=job_num)
     train_ops = parse_train_pipeline(cfg.aug.train)
     batch_ops = parse_batch_pipeline(cfg.aug.batch)
-    backend, warning = resolve_backend(cfg.aug.backend, train_ops, device_kind=placement.kind)
+    d = cfg.dataset
+    storage = choose_storage(d.name, d.root, storage=d.storage, image_size=d.image_size,
+                             memory_limit_gb=d.memory_limit_gb, train_size=d.train_size, test_size=d.test_size)
+    streamed = storage.storage == "stream"
+    # streamed photos: the workers run the leading crop, so only the ops after it need a gpu version
+    device_ops = split_for_device(train_ops)[1] if streamed else train_ops
+    backend, warning = resolve_backend(cfg.aug.backend, device_ops, device_kind=placement.kind)
     if warning:
         warn(warning)
     check_logger(cfg.logger)
@@ -83,16 +91,19 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
     config_dict = comparable_config(cfg)
     # under torchrun only rank 0 reads the checkpoint (the others have a throwaway run directory); it is broadcast
     resume_state = load_resume_state(run_dir, config_dict) if cfg.resume and os.environ.get("RANK", "0") == "0" else None
-    d = cfg.dataset
     if rehearse:
         mean, std = (d.mean, d.std) if d.normalize else (None, None)
-        dryrun.check_dataset_memory(d.name, d.root, image_size=d.image_size, channels=d.channels,
-                                    train_size=d.train_size, test_size=d.test_size)
+        if not streamed:  # streamed photos are decoded a batch at a time: their memory does not grow with the data
+            dryrun.check_dataset_memory(d.name, d.root, image_size=d.image_size, channels=d.channels,
+                                        train_size=d.train_size, test_size=d.test_size)
         dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
                        channels=d.channels, num_classes=d.num_classes, mean=mean, std=std, model=cfg.model.name,
-                       width=cfg.model.width)
+                       width=cfg.model.width, pretrained=cfg.model.pretrained, streamed=streamed)
     data = load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
-                        num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size)
+                        num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size,
+                        storage=storage.storage, cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb)
+    if storage.note:
+        warn(storage.note)  # once: the pre-check's warn is silent, the run's prints
     for key, configured, actual in (("dataset.image_size", d.image_size, data.image_size),
                                     ("dataset.channels", d.channels, data.channels)):
         if configured != actual:  # the dry run and the model were sized from the config
@@ -121,7 +132,8 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     """One process of the run: build it, restore it, train and evaluate epoch by epoch, stop cleanly on a signal."""
     cfg, t = p.cfg, p.cfg.trainer
     flag = SignalFlag.installed()
-    _set_up_process(device, world, workers_per_rank=t.workers if p.backend == "cpu" else 0, requested=t.threads)
+    workers = t.workers if p.backend == "cpu" or p.data.streamed else 0  # streamed photos: workers decode
+    _set_up_process(device, world, workers_per_rank=workers, requested=t.threads)
     run = build_run(cfg, p.data, backend=p.backend, train_ops=p.train_ops, batch_ops=p.batch_ops,
                     placement=p.placement, rank=rank, world=world, device=device)
     outputs = _main_outputs(p, device) if rank == 0 else NoOutputs()

@@ -31,6 +31,7 @@ The ratios b/a and b/c are the result; absolute numbers depend on the card (or o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import copy
 import datetime
 import inspect
@@ -49,9 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-try:  # run from a checkout without installing: the repository root holds the augrun package
-    import augrun  # noqa: F401
-except ImportError:
+if importlib.util.find_spec("augrun") is None:  # run from a checkout without installing: the root holds the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from augrun.augment import cpu as cpu_backend  # noqa: E402

@@ -1,12 +1,23 @@
 """Fixtures shared by the tests; helpers.py has the functions."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from augrun.compose import to_train_config
 from helpers import SMOKE, compose_train
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory) -> Path:
+    """Image folders' decoded caches go to $XDG_CACHE_HOME/augrun: a folder of the test session's, not the user's
+    (subprocesses inherit it). Matplotlib keeps its own cache where it was, so that it builds no font list again."""
+    home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(home, "matplotlib"))
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache_home"))
+    return Path(os.environ["XDG_CACHE_HOME"])
 
 
 @pytest.fixture

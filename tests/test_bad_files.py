@@ -19,10 +19,12 @@ import pytest
 from PIL import Image
 
 import augrun.data
+import augrun.folders
 from augrun.compare import find_runs, load_run, write_report
 from augrun.compare_command import compare_command
 from augrun.config import ConfigError
-from augrun.data import DataError, load_image_folder
+from augrun.data import DataError
+from augrun.folders import load_image_folder
 from augrun.errors import printable
 from augrun.images import MAX_PIXELS, ImageFileError, decode_image
 from augrun.drawing import read_image
@@ -237,7 +239,7 @@ BAD_FOLDER_FILES = {
 def test_image_folder_with_a_bad_file_is_one_data_error(case: str, in_processes: bool, tmp_path: Path, bomb_png: bytes,
                                                          monkeypatch):
     if in_processes:  # one image per task: the decoding process pool runs (and pickles DataError back) as for 1024+
-        monkeypatch.setattr(augrun.data, "_DECODE_CHUNK", 1)
+        monkeypatch.setattr(augrun.folders, "_DECODE_CHUNK", 1)
     content, expected = BAD_FOLDER_FILES[case]
     make_image_folder(tmp_path)
     name = "bomb.png" if case == "decompression bomb" else "bad\nname.png"

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as V1
 import torchvision.transforms.v2 as T
 from PIL import Image
 
 from augrun.augment import gpu
-from augrun.augment.cpu import build_train_transform
+from augrun.augment.cpu import ToTensor, build_train_transform
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline, resolve_backend
 from augrun.batches import BatchFinisher
 from augrun.cli import main
@@ -24,23 +25,22 @@ from augrun.build import gpu_batch_op
 from helpers import compose_train, read_metrics
 
 NEW_AUGS = ["standard", "autoaugment", "randaugment", "trivialaugment", "augmix", "erasing", "mixup", "cutmix"]
-# (class, attributes as torchvision stores them)
-CROP = (T.RandomCrop, {"size": (32, 32), "padding": [4, 4, 4, 4], "pad_if_needed": False, "fill": 0,
-                       "padding_mode": "constant"})
-FLIP = (T.RandomHorizontalFlip, {"p": 0.5})
+# (class, attributes as torchvision stores them): the cpu backend runs torchvision v1's classes (the book's values)
+CROP = (V1.RandomCrop, {"size": (32, 32), "padding": 4, "pad_if_needed": False, "fill": 0, "padding_mode": "constant"})
+FLIP = (V1.RandomHorizontalFlip, {"p": 0.5})
 STANDARD = [CROP, FLIP]
 NEAREST, BILINEAR = T.InterpolationMode.NEAREST, T.InterpolationMode.BILINEAR
 EXPECTED_TRAIN = {
     "standard": STANDARD,
-    "autoaugment": STANDARD + [(T.AutoAugment, {"policy": T.AutoAugmentPolicy.CIFAR10, "interpolation": NEAREST,
+    "autoaugment": STANDARD + [(V1.AutoAugment, {"policy": T.AutoAugmentPolicy.CIFAR10, "interpolation": NEAREST,
                                                 "fill": None})],
-    "randaugment": STANDARD + [(T.RandAugment, {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31,
+    "randaugment": STANDARD + [(V1.RandAugment, {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31,
                                                 "interpolation": NEAREST, "fill": None})],
-    "trivialaugment": STANDARD + [(T.TrivialAugmentWide, {"num_magnitude_bins": 31, "interpolation": NEAREST,
+    "trivialaugment": STANDARD + [(V1.TrivialAugmentWide, {"num_magnitude_bins": 31, "interpolation": NEAREST,
                                                           "fill": None})],
-    "augmix": STANDARD + [(T.AugMix, {"severity": 3, "mixture_width": 3, "chain_depth": -1, "alpha": 1.0,
+    "augmix": STANDARD + [(V1.AugMix, {"severity": 3, "mixture_width": 3, "chain_depth": -1, "alpha": 1.0,
                                       "all_ops": True, "interpolation": BILINEAR, "fill": None})],
-    "erasing": STANDARD + [(T.RandomErasing, {"p": 0.5, "scale": (0.02, 0.33), "ratio": (0.3, 3.3), "value": [0.0],
+    "erasing": STANDARD + [(V1.RandomErasing, {"p": 0.5, "scale": (0.02, 0.33), "ratio": (0.3, 3.3), "value": 0,
                                               "inplace": False})],
     "mixup": STANDARD,
     "cutmix": STANDARD,
@@ -85,15 +85,14 @@ def test_option_builds_the_named_torchvision_ops(option):
     aug = aug_config(option)
     assert aug.backend == "auto"
     transforms = list(build_train_transform(parse_train_pipeline(aug.train)).transforms)
-    to_tensor_at = [type(t) for t in transforms].index(T.ToImage)
-    assert type(transforms[to_tensor_at + 1]) is T.ToDtype and transforms[to_tensor_at + 1].scale
-    random_ops = transforms[:to_tensor_at] + transforms[to_tensor_at + 2:]  # RandomErasing runs after ToTensor
+    to_tensor_at = [type(t) for t in transforms].index(ToTensor)
+    random_ops = transforms[:to_tensor_at] + transforms[to_tensor_at + 1:]  # RandomErasing runs after ToTensor
     assert [type(op) for op in random_ops] == [cls for cls, _ in EXPECTED_TRAIN[option]]
     for op, (cls, attributes) in zip(random_ops, EXPECTED_TRAIN[option]):
         for name, expected in attributes.items():
             assert same(getattr(op, name), expected), (option, cls.__name__, name, getattr(op, name))
     if option == "erasing":
-        assert type(transforms[-1]) is T.RandomErasing  # a tensor op: after ToImage/ToDtype
+        assert type(transforms[-1]) is V1.RandomErasing  # a tensor op: after ToTensor
     batch = parse_batch_pipeline(aug.batch)
     assert [(s.name, s.kwargs) for s in batch] == EXPECTED_BATCH.get(option, [])
 
@@ -123,7 +122,7 @@ def test_standard_crop_is_a_shifted_window_of_the_zero_padded_image():
     transform = build_train_transform(parse_train_pipeline(aug_config("standard").train))
     torch.manual_seed(0)
     image = pil_image()
-    source = T.functional.pad(T.functional.to_dtype(T.functional.to_image(image), torch.float32, scale=True), [4])
+    source = T.functional.pad(V1.ToTensor()(image), [4])
     for _ in range(16):
         out = transform(image)
         windows = [source[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]

@@ -23,8 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-import augrun.data as data_module
+import augrun.folders as folders_module
 from augrun.config import ConfigError
+from augrun.folders import load_image_folder
 from augrun.data import (
     cifar_class,
     DataError,
@@ -32,7 +33,6 @@ from augrun.data import (
     ImageData,
     load_cifar,
     load_dataset,
-    load_image_folder,
     make_synthetic,
     subset,
 )
@@ -358,15 +358,15 @@ def expected_tensor(expected: dict[str, list], classes: list[str]) -> tuple[list
 
 
 def count_decodes(monkeypatch) -> list:
-    """Wraps augrun.data._decode to record each call's file names, so a test sees when the cache is bypassed."""
+    """Wraps augrun.folders._decode to record each call's file names, so a test sees when the cache is bypassed."""
     calls = []
-    real = data_module._decode
+    real = folders_module._decode
 
     def recording(files, image_size):
         calls.append(sorted(p.name for paths in files.values() for p in paths))
         return real(files, image_size)
 
-    monkeypatch.setattr(data_module, "_decode", recording)
+    monkeypatch.setattr(folders_module, "_decode", recording)
     return calls
 
 
@@ -374,11 +374,16 @@ def forbid_decoding(monkeypatch) -> None:
     def fail(files, image_size):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data_module, "_decode", fail)
+    monkeypatch.setattr(folders_module, "_decode", fail)
+
+
+def cache_folder(root: Path) -> Path:
+    """Where a folder's decoded copy is cached: under $XDG_CACHE_HOME/augrun (conftest points it at the session's)."""
+    return folders_module._cache_folder(root, None)
 
 
 def cache_files(root: Path, split: str = "train") -> list[Path]:
-    return sorted((root / ".augrun-cache").glob(f"{split}-*.pt"))
+    return sorted(cache_folder(root).glob(f"{split}-*.pt"))
 
 
 # --- image folders: contents ---------------------------------------------------------------------------------------
@@ -410,7 +415,7 @@ def test_image_folder_png_pixels_exact_and_jpeg_close(tmp_path):
 
 def test_image_folder_resizes_to_image_size(tmp_path):
     write_image_folder(tmp_path)
-    splits = load_dataset("imagefolder", str(tmp_path), image_size=16)
+    splits = load_dataset("imagefolder", str(tmp_path), image_size=16, storage="memory")
     assert splits.train.images.shape == (8, 3, 16, 16) and splits.image_size == 16
     # train/cat/3.png is 40x24: resized, its flat colour is unchanged
     assert torch.equal(splits.train.images[5], torch.tensor(COLORS["cat"], dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16))
@@ -455,12 +460,24 @@ def test_first_load_writes_cache_and_second_reuses_it(tmp_path, monkeypatch):
     write_image_folder(tmp_path)
     first = load_image_folder(tmp_path, image_size=32)
     assert len(cache_files(tmp_path, "train")) == 1 and len(cache_files(tmp_path, "test")) == 1
-    assert not list((tmp_path / ".augrun-cache").glob("*.tmp"))  # written atomically, no leftovers
+    assert not list(cache_folder(tmp_path).glob("*.tmp"))  # written atomically, no leftovers
     forbid_decoding(monkeypatch)  # proof of reuse: the second load may not decode anything
     second = load_image_folder(tmp_path, image_size=32)
     for a, b in ((first.train, second.train), (first.test, second.test)):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
         assert b.images.dtype == torch.uint8 and b.labels.dtype == torch.int64
+
+
+def test_the_cache_is_never_written_into_the_users_folder_and_dataset_cache_dir_moves_it(tmp_path):
+    images = tmp_path / "images"
+    write_image_folder(images)
+    before = sorted(p.relative_to(images) for p in images.rglob("*"))
+    load_image_folder(images, image_size=32)
+    elsewhere = tmp_path / "elsewhere"
+    load_dataset("imagefolder", str(images), image_size=8, storage="memory", cache_dir=str(elsewhere))
+    assert sorted(p.relative_to(images) for p in images.rglob("*")) == before
+    assert len(cache_files(images)) == 1
+    assert [p.name.split("-")[:2] for p in sorted(elsewhere.rglob("*.pt"))] == [["test", "8"], ["train", "8"]]
 
 
 def test_cache_is_per_image_size(tmp_path, monkeypatch):
@@ -522,7 +539,8 @@ def test_unwritable_cache_location_still_loads(tmp_path, monkeypatch):
     # Tests run as root here, where chmod does not stop writes; a plain file where the cache folder should be
     # makes mkdir fail with an OSError, the same path a read-only dataset folder takes.
     expected = write_image_folder(tmp_path)
-    (tmp_path / ".augrun-cache").write_text("in the way")
+    cache_folder(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+    cache_folder(tmp_path).write_text("in the way")
     calls = count_decodes(monkeypatch)
     first = load_image_folder(tmp_path, image_size=32)
     second = load_image_folder(tmp_path, image_size=32)
@@ -538,7 +556,7 @@ def test_read_only_root_still_loads(tmp_path):
     os.chmod(tmp_path, 0o555)
     try:
         splits = load_image_folder(tmp_path, image_size=32)
-        assert len(splits.train) == 8 and not (tmp_path / ".augrun-cache").exists()
+        assert len(splits.train) == 8 and len(cache_files(tmp_path)) == 1  # cached outside the user's folder
     finally:
         os.chmod(tmp_path, 0o755)
 
@@ -603,8 +621,8 @@ def test_truncated_image(tmp_path, suffix, fmt):
 def test_decoding_in_processes_gives_the_serial_result_and_names_a_bad_file(tmp_path, monkeypatch):
     write_image_folder(tmp_path)
     serial = load_image_folder(tmp_path, image_size=32)
-    shutil.rmtree(tmp_path / ".augrun-cache")
-    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 2)  # 4 chunks of train images: the process pool decodes them
+    shutil.rmtree(cache_folder(tmp_path))
+    monkeypatch.setattr(folders_module, "_DECODE_CHUNK", 2)  # 4 chunks of train images: the process pool decodes them
     parallel = load_image_folder(tmp_path, image_size=32)
     for a, b in ((serial.train, parallel.train), (serial.test, parallel.test)):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes

@@ -150,9 +150,24 @@ def test_registries_and_signatures_follow_torchvision():
                 assert ours[arg].default == parameter.default, f"{name}.{arg}"
 
 
+def books_to_tensor_of_every_value() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every uint8 value as a 1x3x16x16 batch, and the book's ToTensor (x / 255) of it."""
+    import torchvision.transforms as V1
+    from PIL import Image
+    every_value = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    return every_value, V1.ToTensor()(Image.fromarray(every_value[0].permute(1, 2, 0).numpy()))
+
+
 def test_to_float_matches_the_cpu_backend_conversion():
-    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=gen())
-    assert torch.equal(to_float(images), T.ToDtype(torch.float32, scale=True)(images))
+    every_value, book = books_to_tensor_of_every_value()
+    assert torch.equal(to_float(every_value)[0], book)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_float_on_cuda_matches_the_cpu_backend_conversion():
+    every_value, book = books_to_tensor_of_every_value()
+    assert torch.equal(to_float(every_value.cuda())[0].cpu(), book)
 
 
 def test_pipeline_applies_ops_in_order():

@@ -8,7 +8,9 @@ from pathlib import Path
 import augrun
 
 PACKAGE = Path(augrun.__file__).parent
-COMMANDS = {"augrun.cli", "augrun.preview", "augrun.compare_command", "augrun.ops_command", "augrun.__main__"}
+# the command line's commands, and the Python API: augrun.api, and the package itself, which hands out api's functions
+COMMANDS = {"augrun.cli", "augrun.preview_command", "augrun.compare_command", "augrun.ops_command", "augrun.__main__",
+            "augrun.api", "augrun"}
 MAX_LINES = 350
 LONGER_ALLOWED = {"augrun.augment.gpu"}  # the op library: one batched version per torchvision op
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import augrun.preview
+import augrun.preview_command
 from augrun.augment.ops import parse_train_pipeline
 from augrun.compare import render
 from augrun.compare.runs import RunResult
 from augrun.compare.stats import build_report
 from augrun.curves import curves_figure
 from augrun.drawing import augmented_copies, write_run_preview
-from augrun.preview import preview_command, preview_options
+from augrun.preview_command import preview_command, preview_options
 from helpers import make_image_folder, run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"
@@ -66,7 +66,7 @@ def test_grid_has_the_documented_pixel_size_and_nothing_else_is_written(in_tmp: 
     assert sorted(p.name for p in in_tmp.iterdir()) == ["cat.png", "grid.png"]  # no outputs/, .hydra/, log, temp file
 
 
-CAT = Path(augrun.preview.__file__).parent / "assets" / augrun.preview.DEFAULT_IMAGE
+CAT = Path(augrun.preview_command.__file__).parent / "assets" / augrun.preview_command.DEFAULT_IMAGE
 
 
 def test_default_image_is_the_shipped_cat_with_no_data_and_no_network(tmp_path: Path, monkeypatch):
@@ -203,12 +203,12 @@ def make_coloured_image_folder(root: Path, per_class: int = 4) -> None:
 def drawn(monkeypatch) -> list[tuple[list[torch.Tensor], list[str] | None]]:
     """The images and titles of every grid the preview renders (and still writes)."""
     grids = []
-    real_render_grid = augrun.preview.render_grid
+    real_render_grid = augrun.preview_command.render_grid
 
     def recording_render_grid(images, path, **kwargs):
         grids.append((images, kwargs["titles"]))
         return real_render_grid(images, path, **kwargs)
-    monkeypatch.setattr(augrun.preview, "render_grid", recording_render_grid)
+    monkeypatch.setattr(augrun.preview_command, "render_grid", recording_render_grid)
     return grids
 
 
@@ -229,10 +229,10 @@ def test_dataset_grid_is_a_seeded_class_balanced_sample(in_tmp: Path, drawn):
 
 def test_class_balanced_sample_takes_turns_and_stops_at_count():
     labels = torch.tensor([0] * 5 + [1] * 2 + [2] * 3)
-    chosen = augrun.preview.class_balanced_sample(labels, 8, seed=0)
+    chosen = augrun.preview_command.class_balanced_sample(labels, 8, seed=0)
     assert [int(labels[i]) for i in chosen] == [0, 1, 2, 0, 1, 2, 0, 2]  # class 1 runs out after two turns
     assert len(set(chosen)) == 8
-    assert augrun.preview.class_balanced_sample(labels, 8, seed=0) == chosen
+    assert augrun.preview_command.class_balanced_sample(labels, 8, seed=0) == chosen
 
 
 # --- integer epoch ticks ---------------------------------------------------------------------------------------------
@@ -263,6 +263,6 @@ def test_curves_have_integer_epoch_ticks(epochs: int):
 def test_comparison_plot_has_integer_epoch_ticks(tmp_path: Path, epochs: int):
     runs = [RunResult(tmp_path / f"job{seed}", {"aug": "none"}, seed, "completed", epoch_rows(epochs), {}, None)
             for seed in range(2)]
-    figure = render._figure(build_report(runs))
+    figure = render.comparison_figure(build_report(runs))
     for ax in figure.axes:
         assert_integer_epoch_ticks(ax)

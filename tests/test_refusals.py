@@ -171,6 +171,15 @@ def test_two_runs_started_in_the_same_second_never_share_a_directory(workdir: Pa
         assert len(read_metrics(workdir / "outputs" / run)) == 1  # one run's epoch each, never both in one file
 
 
+def test_a_clock_named_directory_left_by_a_run_that_ended_in_the_same_second_is_passed_over(in_workdir: Path):
+    year = time.strftime("%Y")
+    (in_workdir / "outputs" / year).mkdir(parents=True)
+    (in_workdir / "outputs" / year / rundir.RUN_MARKER).touch()  # a run that ended before this one started
+    _, claimed = precheck.precheck_train(parse_command_line([*SMOKE, "hydra.run.dir=outputs/${now:%Y}"]),
+                                         visible_gpus=lambda: 0, warn=lambda m: None)
+    assert claimed == Path("outputs") / f"{year}-1"
+
+
 # --- 4. an interrupted sweep continues --------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ the torchvision op with the same meaning, so the book's MXNet pipelines run as w
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,11 +89,13 @@ _ALIASES = {
 _TORCHVISION_OPS = {
     **dict.fromkeys(("RandomHorizontalFlip", "RandomVerticalFlip", "RandomResizedCrop", "RandomCrop", "ColorJitter",
                      "RandomGrayscale", "RandomRotation", "RandomAffine", "GaussianBlur", "AutoAugment", "RandAugment",
-                     "TrivialAugmentWide", "AugMix"), PER_IMAGE),
+                     "TrivialAugmentWide", "AugMix", "Resize"), PER_IMAGE),
     "RandomErasing": TENSOR,  # torchvision applies it to tensors only, so the cpu backend runs it after ToTensor
     "MixUp": BATCH, "CutMix": BATCH,  # mix labels too (`aug.batch`); on the training device for both backends
 }
 _NOTES = {
+    "Resize": "size: one number resizes the shorter side to it (the aspect ratio kept), [height, width] both sides; "
+              "streamed photos (dataset.storage=stream) need a crop after it, e.g. RandomCrop of dataset.image_size",
     "RandomResizedCrop": "Gluon's RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3)) has the same defaults, "
                          "but its size is (width, height) and torchvision's [height, width]: swap a non-square Gluon "
                          "size; Gluon's scale may be one number (the least area), which is [number, 1.0] here",
@@ -189,8 +191,8 @@ def _check_bins(key: str, kwargs: dict[str, Any]) -> None:
                               f"({bins})")
 
 
-def _convert_enums(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """YAML has strings; torchvision wants its enums for these arguments."""
+def torchvision_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A spec's arguments as torchvision's classes (v1 and v2 alike) take them: YAML has strings for their enums."""
     converted = dict(kwargs)
     if isinstance(converted.get("interpolation"), str):
         converted["interpolation"] = T.InterpolationMode(converted["interpolation"].lower())
@@ -213,15 +215,16 @@ def _argument_names(op: str) -> list[str]:
     return list(argument_defaults(op))
 
 
-def build_torchvision_op(spec: OpSpec) -> T.Transform:
-    """The torchvision op for a spec; torchvision's own argument checks become ConfigErrors naming the key."""
-    return _build(spec, written=spec.name)
+def build_torchvision_op(spec: OpSpec, cls: type | None = None) -> Callable:
+    """The torchvision op for a spec: the v2 class of its name, or `cls`, a class with the same arguments (the cpu
+    backend's choice); torchvision's own argument checks become ConfigErrors naming the key."""
+    return _build(spec, written=spec.name, cls=cls)
 
 
-def _build(spec: OpSpec, *, written: str) -> T.Transform:
+def _build(spec: OpSpec, *, written: str, cls: type | None = None) -> Callable:
     # `written`: the name in the config (a Gluon alias, or spec.name), whose arguments the message lists
     try:
-        return getattr(T, spec.name)(**_convert_enums(spec.kwargs))
+        return (cls or getattr(T, spec.name))(**torchvision_arguments(spec.kwargs))
     except (TypeError, ValueError) as error:
         raise ConfigError(spec.key, f"{str(error).splitlines()[0]} (arguments of {written}: "
                           f"{', '.join(_argument_names(written))})") from None

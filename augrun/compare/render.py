@@ -15,7 +15,7 @@ from rich.table import Table
 import augrun.compare.search as search
 from augrun.compare.runs import CompareError, RunResult, _one_line, _reason, environment_warning, find_runs, load_run
 from augrun.compare.stats import BASELINE_KEY, BASELINE_VALUE, METRICS, Group, Report, Stat, _stat, build_report
-from augrun.curves import integer_epochs, save_figure
+from augrun.curves import InlineFigure, integer_epochs, save_figure
 from augrun.errors import printable
 from augrun.files import write_text_atomic
 
@@ -73,7 +73,7 @@ def _notes(report: Report) -> list[str]:
     return [g.note for g in report.groups if g.note]
 
 
-def _markdown(report: Report, warning: str | None = None) -> str:
+def comparison_markdown(report: Report, warning: str | None = None) -> str:
     md = ["# Comparison", "", "| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
     # A "|" in an override value (e.g. a list) would split the markdown cell.
     md += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _table_rows(report)]
@@ -99,18 +99,26 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def comparison_rows(report: Report) -> list[dict[str, str | int | float | bool | None]]:
+    """The table as numbers, one dict per group with the keys CSV_COLUMNS (None where a value is missing)."""
+    rows = []
+    for g in report.groups:
+        s = g.stats
+        values = ([g.label, len(g.completed), len(g.failed)]
+                  + [x for m in METRICS[:-1] for x in (s[m].mean, s[m].std)]
+                  + [s["examples_per_s"].mean, g.delta_vs_none, g.within_noise])
+        rows.append(dict(zip(CSV_COLUMNS, values)))
+    return rows
+
+
 def _csv(report: Report) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for g in report.groups:
-        s = g.stats
-        writer.writerow(
-            [g.label, len(g.completed), len(g.failed)]
-            + [_num(x) for m in METRICS[:-1] for x in (s[m].mean, s[m].std)]
-            + [_num(s["examples_per_s"].mean), _num(g.delta_vs_none)]
-            + ["" if g.within_noise is None else str(g.within_noise).lower()]
-        )
+    for row in comparison_rows(report):
+        writer.writerow([row["group"], row["n_seeds"], row["n_failed"]]
+                        + [_num(row[column]) for column in CSV_COLUMNS[3:-1]]
+                        + ["" if row["within_noise"] is None else str(row["within_noise"]).lower()])
     return buf.getvalue()
 
 
@@ -126,8 +134,9 @@ def _mean_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float]
     return epochs, [s.mean for s in stats], [s.std or 0.0 for s in stats]
 
 
-def _figure(report: Report) -> Figure:
-    fig = Figure(figsize=(10, 4))
+def comparison_figure(report: Report) -> Figure:
+    """comparison.png: test and train accuracy against epoch, mean ± std over seeds, a line per group."""
+    fig = InlineFigure(figsize=(10, 4))
     # One y scale for both panels, so the train-test gap (overfitting, what augmentation should shrink) reads directly.
     axes = fig.subplots(1, 2, sharey=True)
     panels = (("test_acc", "test accuracy"), ("train_acc", "train accuracy"))
@@ -163,9 +172,9 @@ def write_report(runs: list[RunResult], out_dir: Path, *, searched: bool = False
     md, csv_path, png = out_dir / "comparison.md", out_dir / "comparison.csv", out_dir / "comparison.png"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(md, _markdown(report, environment_warning(runs)) + ("\n" + search.markdown(runs) if searched else ""))
+        write_text_atomic(md, comparison_markdown(report, environment_warning(runs)) + ("\n" + search.markdown(runs) if searched else ""))
         write_text_atomic(csv_path, _csv(report))
-        save_figure(_figure(report), png)
+        save_figure(comparison_figure(report), png)
         figure = search.write_figure(runs, out_dir / "search.png") if searched else None
     except OSError as e:  # a full disk, a read-only file system: what _check_out_dir cannot see in advance
         raise CompareError("", f"cannot write the report into {printable(out_dir)} ({_one_line(_reason(e))}); "

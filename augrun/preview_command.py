@@ -24,6 +24,7 @@ Bad input exits 2 with one line naming the key or path, before torch is imported
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -76,18 +77,26 @@ def preview_command(argv: list[str]) -> None:
         run_hydra(lambda cfg: None, CONFIG_NAME, argv)
         return
     try:
-        if flags:
-            raise UserError(sorted(flags)[0], "not an option of augrun preview, which draws one grid; valid: "
-                            "key=value overrides, --help, --cfg job (run preview once per pipeline to compare)")
-        options = preview_options(overrides)
-        if options.batch_ops:
-            print(f"augrun: warning: aug.batch ({', '.join(options.batch_ops)}) mixes the images of a training batch; "
-                  "the preview shows aug.train only", file=sys.stderr)
-        path = write_preview(options)
+        options, path = draw_preview(overrides, flags)
     except UserError as error:
         fail(str(error))
     width, height = _pixels(options)
     print(f"wrote {path} ({options.rows}x{options.cols} grid, {width}x{height} pixels)")
+
+
+def draw_preview(overrides: list[str], flags: set[str], *, out: Path | None = None) -> tuple[PreviewOptions, Path]:
+    """`augrun preview` below its argument handling, shared with augrun.preview(): check, say that aug.batch is not
+    drawn, draw. `out` replaces the config's out (the Python API draws into a temporary file unless out= is given)."""
+    if flags:
+        raise UserError(sorted(flags)[0], "not an option of augrun preview, which draws one grid; valid: "
+                        "key=value overrides, --help, --cfg job (run preview once per pipeline to compare)")
+    options = preview_options(overrides)
+    if out is not None:
+        options = dataclasses.replace(options, out=out)
+    if options.batch_ops:
+        print(f"augrun: warning: aug.batch ({', '.join(options.batch_ops)}) mixes the images of a training batch; "
+              "the preview shows aug.train only", file=sys.stderr)
+    return options, write_preview(options)
 
 
 def preview_options(overrides: list[str]) -> PreviewOptions:

@@ -1,0 +1,209 @@
+"""One `augrun train` below its argument handling, shared by the command line (augrun.cli) and the Python API
+(augrun.api): the pre-check, Hydra's run of every job, and how each job ends.
+
+`train(command)` returns where the run or sweep went and which sweep jobs failed, or raises: UserError (bad input, found
+by the pre-check), JobFailed (a single run that failed once started), signals.Stopped (SIGINT/SIGTERM). The callers say
+it their way: the command line as one line and an exit status, the API as Python exceptions.
+
+No torch import at module level: the command line reports a typo before torch loads, which takes seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from augrun import rundir, signals
+from augrun.compose import CommandLine, run_hydra, to_train_config
+from augrun.config import TrainConfig
+from augrun.errors import INPUT_ERROR_STATUS, UserError, first_line
+
+
+class JobFailed(BaseException):
+    """A single run that failed once Hydra started it: its one line and exit status (2: bad input found in the run, as
+    `user_error`; 1: a failure while training). A BaseException, as the SystemExit the command line once raised here
+    was, because Hydra's job runner turns any Exception into a printed traceback and exit status 1."""
+
+    def __init__(self, message: str, status: int, user_error: UserError | None = None):
+        super().__init__(message, status)
+        self.message, self.status, self.user_error = message, status, user_error
+
+
+@dataclass
+class Launched:
+    """Where a finished `augrun train` went."""
+    target: Path | None             # the run's directory or the sweep's root; None when Hydra only printed (--cfg job)
+    multirun: bool
+    failed: list[str] = field(default_factory=list)  # the sweep's failed jobs (their directories)
+
+
+def train(command: CommandLine) -> Launched:
+    """Check every job, then run them with Hydra. A signal that stops the run carries its directory (Stopped.target)."""
+    from augrun import precheck
+    claimed = None
+    joining = precheck.check_torchrun_environment()
+    if command.prints_only:
+        hydra_argv = command.hydra_argv()
+    elif joining and os.environ["RANK"] != "0" and not command.multirun:
+        hydra_argv = _joining_rank_argv(command)  # rank 0 checks and writes; the others only join
+    else:
+        hydra_argv, claimed = precheck.precheck_train(command, visible_gpus=_visible_gpus, warn=lambda message: None)
+    try:
+        run_hydra(train_task, "train", hydra_argv)
+    except signals.Stopped as stop:
+        stop.target = claimed  # for the caller's note on how to resume
+        raise
+    failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
+    return Launched(claimed, command.multirun, failed)
+
+
+def before_hydra_runs(frame) -> bool:
+    """Whether a signal interrupts the command before it handed over to Hydra. Inside Hydra it must not raise
+    wherever Hydra happens to be: Hydra writes a job's config without an atomic rename, and a parallel launcher
+    (joblib) has to wait for its jobs, which stop on the same signal by themselves. It is recorded instead, and the
+    job's train_task acts on it."""
+    while frame is not None:
+        if frame.f_code is run_hydra.__code__:
+            return False
+        frame = frame.f_back
+    return True
+
+
+# --- the Hydra task ----------------------------------------------------------------------------------------------------
+
+def train_task(cfg: DictConfig) -> float | None:
+    """One job. Returns its final test accuracy, the objective a searching sweeper (Optuna) maximises; NaN for a
+    failed sweep job, which such a sweeper records as a failed trial."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from augrun import trainer
+
+    flag = signals.SignalFlag.installed()
+    flag.stop_at_once = None  # from here on a signal is the training loop's to act on, after its checkpoint
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    typed: TrainConfig | None = None
+    stopped = user_error = None
+    try:
+        if flag.signum is not None:  # received while Hydra set this job up, or between two sweep jobs: start no more
+            raise signals.Stopped(flag.signum, signals.before_training_note(flag.signum))
+        typed = to_train_config(cfg)
+        job_num = hydra_cfg.job.num if multirun else 0
+        if multirun and typed.resume:  # a resumed sweep: keep finished jobs, continue interrupted ones, start the rest
+            progress = rundir.job_progress(run_dir)
+            if progress == "completed":
+                print(f"augrun: job {job_num} completed before; kept as it is", file=sys.stderr)
+                return _objective(run_dir)
+            if progress == "new":
+                typed = dataclasses.replace(typed, resume=False)
+        prepared = trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=_warn, job_num=job_num)
+        trainer.run(prepared)
+        return _objective(run_dir)
+    except signals.Stopped as stop:
+        stopped = stop
+    except UserError as error:  # bad input found once the run started (in any of its ranks)
+        message, status = str(error), INPUT_ERROR_STATUS
+        user_error = type(error)(error.key, error.message)  # a copy without the traceback, which holds the run's frames
+    except Exception as error:  # a failure while training: one line here, the details in the rank's output above
+        message, status = _describe_failure(error)
+        if flag.signum is not None:
+            stopped = _stopped_by_failure(flag.signum, message, run_dir, typed)
+    if stopped is not None:  # raised here, not in the except block: the error's frames (and workers) are let go first
+        _release_unstarted_run(run_dir)
+        raise stopped
+    if typed is not None and not typed.resume:
+        _write_failure_summary(run_dir, message)
+    if not multirun:
+        raise JobFailed(message, status, user_error)
+    # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
+    print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
+    return float("nan")
+
+
+def _objective(run_dir: Path) -> float | None:
+    """The run's final test accuracy, from its summary.json (written by rank 0, whichever process that was)."""
+    import json
+    try:
+        final = json.loads((run_dir / rundir.SUMMARY).read_text()).get("final") or {}
+    except (OSError, ValueError):
+        return None
+    return final.get("test_acc")
+
+
+def _warn(message: str) -> None:
+    print(f"augrun: warning: {message}", file=sys.stderr)
+
+
+def _release_unstarted_run(run_dir: Path) -> None:
+    """A run stopped before its first checkpoint has nothing to resume: give its directory back (the claim marker,
+    Hydra's copy of the config, the preview), so that the same command can simply be run again. A directory holding
+    anything else is left as it is."""
+    import shutil
+    leftovers = {rundir.RUN_MARKER, rundir.CONFIG_DIR, rundir.PREVIEW}
+    if run_dir.is_dir() and all(path.name in leftovers for path in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainConfig | None):
+    """A failure while a SIGINT/SIGTERM is flagged is that signal's doing (a DataLoader or torch.compile worker that
+    died of the signal sent to the whole group, a rank that ended before the others agreed on a step): a stop, though
+    one that could not checkpoint. The run continues from its last checkpoint, if it has one."""
+    from augrun import checkpoint
+    from augrun.report import MetricsFiles
+    from augrun.outputs import summary
+    if not (run_dir / checkpoint.CHECKPOINT).is_file():
+        return signals.Stopped(signum, f"stopped by signal {signum} ({message}); nothing to resume")
+    files = MetricsFiles(run_dir)
+    epochs = typed.trainer.epochs if typed is not None else 0
+    files.write_summary(summary("stopped", files.read(), epochs, None, [], 0.0, error=message))
+    return signals.Stopped(signum, f"stopped by signal {signum} ({message}); the last checkpoint is kept. "
+                                   f"{signals.resume_hint(run_dir)}")
+
+
+def _describe_failure(error: BaseException) -> tuple[str, int]:
+    """One line and the exit status for a run that failed while training."""
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+    if isinstance(error, ProcessRaisedException):
+        last = [line for line in str(error).splitlines() if line.strip()][-1].strip()
+        return f"rank {error.error_index} failed: {last}", 1
+    if isinstance(error, ProcessExitedException):
+        return f"rank {error.error_index} died: {first_line(error)}", 1
+    return f"{type(error).__name__}: {first_line(error)}", 1
+
+
+def _write_failure_summary(run_dir: Path, message: str) -> None:
+    from augrun.report import MetricsFiles
+    from augrun.outputs import summary
+    if not run_dir.is_dir():
+        return
+    files = MetricsFiles(run_dir)
+    files.write_summary(summary("failed", files.read(), 0, None, [], 0.0, error=message))
+
+
+# --- around the run ----------------------------------------------------------------------------------------------------
+
+def _failed_jobs(sweep_root: Path) -> list[str]:
+    """The sweep's failed jobs, read from their directories (whichever launcher ran them, in whichever process)."""
+    from augrun.compare import find_runs, load_run
+    try:
+        runs = [load_run(path) for path in find_runs([sweep_root])]
+    except UserError:  # no job wrote anything: Hydra has reported why
+        return []
+    return [str(run.path) for run in runs if not run.ok and run.status != "stopped"]
+
+
+def _visible_gpus() -> int:
+    import torch
+    return torch.cuda.device_count()
+
+
+def _joining_rank_argv(command: CommandLine) -> list[str]:
+    """Under torchrun, ranks other than 0 write nothing: Hydra gets a throwaway directory for them."""
+    import tempfile
+    return command.hydra_argv([f"hydra.run.dir={tempfile.mkdtemp(prefix='augrun-rank')}", "hydra.output_subdir=null"])

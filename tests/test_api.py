@@ -1,0 +1,166 @@
+"""augrun from Python (augrun.api), in this process as a notebook runs it: what train, sweep, preview, compare_runs and
+load return; bad input raising the line the command line prints; a stop (SIGINT, a notebook's stop button) that
+checkpoints, raises KeyboardInterrupt naming the call that resumes, and a resume that continues bitwise."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from matplotlib.figure import Figure
+from PIL import Image
+
+import augrun
+from augrun import checkpoint, signals
+from augrun.cli import main
+from augrun.compare import RunResult
+from augrun.compare_command import compare_command
+from augrun.preview_command import preview_command
+from helpers import SMOKE, read_metrics, without_timing
+
+# experiment=smoke shrunk further: 3 steps of 64 an epoch, no DataLoader workers (each would be a process to start)
+TINY = [*SMOKE, "trainer.workers=0", "dataset.train_size=192", "dataset.test_size=64"]
+
+
+@pytest.fixture
+def caller_signal_handling():
+    """The process's SIGINT/SIGTERM handling before the test, put back after it: the command line's main() installs
+    augrun's for the rest of the process, as a command may."""
+    handlers = {signum: signal.getsignal(signum) for signum in signals.STOP_SIGNALS}
+    yield handlers
+    signals.SignalFlag._instance = None
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def test_train_returns_the_run_it_wrote_where_the_command_line_would(in_workdir: Path, capsys):
+    run = augrun.train(*TINY, "trainer.epochs=2")
+    assert run.dir.parent.parent == in_workdir / "outputs"  # outputs/<date>/<time>, from the working directory
+    assert run.status == "completed" and run.ok
+    assert run.metrics == read_metrics(run.dir) and [r["epoch"] for r in run.metrics] == [1, 2]
+    assert run.summary == json.loads((run.dir / "summary.json").read_text())
+    assert run.final["test_acc"] == run.metrics[-1]["test_acc"]
+    figure = run.curves()
+    assert isinstance(figure, Figure) and len(figure.axes[0].lines) == 3  # train loss, train acc, test acc
+
+    printed = capsys.readouterr().out
+    assert printed.count("examples/sec on ['cpu']") == 1 and printed.count("train_loss") == 1  # nothing twice
+
+    loaded = augrun.load(run.dir)
+    assert isinstance(loaded, augrun.Run) and loaded.metrics == run.metrics and loaded.summary == run.summary
+
+
+def test_metrics_to_pandas_or_a_clear_error_without_it():
+    rows = [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6}]
+    run = augrun.Run.from_result(RunResult(Path("run"), {}, 0, "completed", rows, {"final": rows[-1]}, None))
+    if importlib.util.find_spec("pandas") is None:  # optional: either branch is the contract
+        with pytest.raises(ModuleNotFoundError, match=r"pip install pandas"):
+            run.metrics.to_pandas()
+    else:
+        assert list(run.metrics.to_pandas()["test_acc"]) == [0.5, 0.6]
+
+
+def test_two_trains_in_one_process_leave_the_caller_as_it_was(in_workdir: Path, caller_signal_handling):
+    argv = list(sys.argv)
+    first = augrun.train(*TINY, "trainer.epochs=1")
+    second = augrun.train(*TINY, "trainer.epochs=1", "seed=1")
+    assert first.dir != second.dir and first.ok and second.ok  # started in the same second: <time> and <time>-1
+    assert without_timing(first.metrics) != without_timing(second.metrics)
+    assert sys.argv == argv  # Hydra read its command line from sys.argv; the caller's is back
+    assert not GlobalHydra.instance().is_initialized()  # the kernel's own hydra.initialize() would work
+    assert {s: signal.getsignal(s) for s in signals.STOP_SIGNALS} == caller_signal_handling  # a kernel's Ctrl-C works
+
+
+def test_sweep_returns_its_runs_and_the_comparison_at_its_root(in_workdir: Path):
+    sweep = augrun.sweep(*TINY, "aug=none,flip_only", "hydra.sweep.dir=sweep")
+    assert sweep.dir == in_workdir / "sweep" and [run.dir.name for run in sweep.runs] == ["0", "1"]
+    assert all(run.ok for run in sweep.runs) and sweep.failed == []
+    rows = {row["group"]: row for row in sweep.comparison.rows}
+    with open(in_workdir / "sweep" / "comparison.csv") as file:
+        written = {row["group"]: row for row in csv.DictReader(file)}
+    assert set(rows) == set(written) == {"aug=none", "aug=flip_only"}
+    for group, row in rows.items():  # the table as numbers: the CSV's values, unrounded
+        assert row["n_seeds"] == int(written[group]["n_seeds"]) == 1
+        assert row["test_acc_mean"] == pytest.approx(float(written[group]["test_acc_mean"]), rel=1e-5)
+    assert rows["aug=flip_only"]["delta_vs_none"] == pytest.approx(
+        rows["aug=flip_only"]["test_acc_mean"] - rows["aug=none"]["test_acc_mean"])
+    assert isinstance(sweep.comparison.figure(), Figure)
+    assert "| aug=none |" in sweep.comparison._repr_markdown_()  # how Jupyter shows it
+
+    loaded = augrun.load(in_workdir / "sweep")
+    assert isinstance(loaded, augrun.Sweep) and loaded.comparison.rows == sweep.comparison.rows
+    again = augrun.compare_runs(*sweep.runs, out="again")  # Runs, as paths would be
+    assert again.rows == sweep.comparison.rows
+    assert (in_workdir / "again" / "comparison.csv").read_text() == (in_workdir / "sweep" / "comparison.csv").read_text()
+
+
+def test_preview_returns_the_grid_the_command_line_writes(in_workdir: Path):
+    image = augrun.preview("aug=flip_color_crop", "seed=3")
+    assert isinstance(image, Image.Image) and image.size == (600, 300)  # the book's 2x4 grid at scale 1.5
+    assert list(in_workdir.iterdir()) == []  # drawn into a temporary file: nothing left in the working directory
+    preview_command(["aug=flip_color_crop", "seed=3", "out=cli.png"])
+    with Image.open(in_workdir / "cli.png") as written:
+        assert np.array_equal(np.asarray(written.convert("RGB")), np.asarray(image.convert("RGB")))
+
+
+# the same bad input to the command line and to the API: (API call, command line)
+BAD_INPUT = {
+    "unknown key": (lambda: augrun.train(*SMOKE, "trainer.batchsize=3"),
+                    lambda: main(["train", *SMOKE, "trainer.batchsize=3"])),
+    "unknown option": (lambda: augrun.sweep(*SMOKE, "aug=none,bogus"),
+                       lambda: main(["train", "-m", *SMOKE, "aug=none,bogus"])),
+    "preview value": (lambda: augrun.preview("rows=0"), lambda: preview_command(["rows=0"])),
+    "compare path": (lambda: augrun.compare_runs("missing"), lambda: compare_command(["missing"])),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_raises_the_line_the_command_line_prints(case, in_workdir: Path, capsys, caller_signal_handling):
+    api_call, command_line = BAD_INPUT[case]
+    with pytest.raises(augrun.UserError) as raised:
+        api_call()
+    with pytest.raises(SystemExit) as exited:
+        command_line()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"augrun: error: {raised.value}\n"
+    assert list(in_workdir.iterdir()) == []  # refused before anything was written
+
+
+def test_a_stop_checkpoints_raises_keyboard_interrupt_and_the_named_call_resumes_bitwise(in_workdir: Path, monkeypatch,
+                                                                                          caller_signal_handling):
+    run = [*TINY, "trainer.epochs=2", "aug=crop", "aug.backend=cpu"]  # a pipeline that draws, per image
+    reference = augrun.train(*run, "hydra.run.dir=reference")
+
+    # SIGINT, as Jupyter's stop button sends it to the kernel, raised by the 5th training step: epoch 2, step 2 of 3
+    original_forward, steps = torch.nn.CrossEntropyLoss.forward, []
+
+    def forward(self, logits, target):
+        if torch.is_grad_enabled():
+            steps.append(1)
+            if len(steps) == 5:
+                signal.raise_signal(signal.SIGINT)
+        return original_forward(self, logits, target)
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", forward)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        augrun.train(*run, "hydra.run.dir=stopped")
+    monkeypatch.undo()
+
+    assert isinstance(raised.value, augrun.Interrupted) and raised.value.target.name == "stopped"
+    state = torch.load(in_workdir / "stopped" / checkpoint.CHECKPOINT, weights_only=False)
+    assert (state["epoch"], state["next_step"]) == (2, 2)  # mid-epoch: the epoch's first two steps are kept
+    assert json.loads((in_workdir / "stopped" / "summary.json").read_text())["status"] == "stopped"
+    assert {s: signal.getsignal(s) for s in signals.STOP_SIGNALS} == caller_signal_handling
+
+    message = str(raised.value)
+    call = message.partition("Resume with: ")[2]
+    assert call.startswith("augrun.train(") and f"'hydra.run.dir={in_workdir / 'stopped'}', 'resume=true')" in call
+    resumed = eval(call, {"augrun": augrun})  # the call the message names, as a user would paste it
+    assert resumed.dir == in_workdir / "stopped" and resumed.ok
+    assert without_timing(resumed.metrics) == without_timing(reference.metrics)  # bitwise: floats compared exactly
