@@ -32,13 +32,13 @@ STANDARD = [CROP, FLIP]
 NEAREST, BILINEAR = T.InterpolationMode.NEAREST, T.InterpolationMode.BILINEAR
 EXPECTED_TRAIN = {
     "standard": STANDARD,
-    "autoaugment": STANDARD + [(V1.AutoAugment, {"policy": T.AutoAugmentPolicy.CIFAR10, "interpolation": NEAREST,
+    "autoaugment": STANDARD + [(T.AutoAugment, {"policy": T.AutoAugmentPolicy.CIFAR10, "interpolation": NEAREST,
                                                 "fill": None})],
-    "randaugment": STANDARD + [(V1.RandAugment, {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31,
+    "randaugment": STANDARD + [(T.RandAugment, {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31,
                                                 "interpolation": NEAREST, "fill": None})],
-    "trivialaugment": STANDARD + [(V1.TrivialAugmentWide, {"num_magnitude_bins": 31, "interpolation": NEAREST,
+    "trivialaugment": STANDARD + [(T.TrivialAugmentWide, {"num_magnitude_bins": 31, "interpolation": NEAREST,
                                                           "fill": None})],
-    "augmix": STANDARD + [(V1.AugMix, {"severity": 3, "mixture_width": 3, "chain_depth": -1, "alpha": 1.0,
+    "augmix": STANDARD + [(T.AugMix, {"severity": 3, "mixture_width": 3, "chain_depth": -1, "alpha": 1.0,
                                       "all_ops": True, "interpolation": BILINEAR, "fill": None})],
     "erasing": STANDARD + [(V1.RandomErasing, {"p": 0.5, "scale": (0.02, 0.33), "ratio": (0.3, 3.3), "value": 0,
                                               "inplace": False})],
