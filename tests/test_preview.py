@@ -266,3 +266,17 @@ def test_comparison_plot_has_integer_epoch_ticks(tmp_path: Path, epochs: int):
     figure = render.comparison_figure(build_report(runs))
     for ax in figure.axes:
         assert_integer_epoch_ticks(ax)
+
+
+def test_dataset_grid_of_a_streamed_photo_folder_shows_each_photo_at_its_own_shape(in_tmp: Path, drawn):
+    shapes = {"cat": (300, 200), "dog": (200, 300), "eel": (250, 250)}  # (width, height)
+    for split in ("train", "test"):
+        for name, size in shapes.items():
+            (in_tmp / "photos" / split / name).mkdir(parents=True)
+            Image.new("RGB", size, (100, 100, 100)).save(in_tmp / "photos" / split / name / "0.jpg")
+    preview("dataset=imagefolder", "dataset.root=photos", "dataset.storage=stream", "dataset.image_size=64",
+            "show=dataset", "rows=1", "cols=3")
+    [(images, titles)] = drawn
+    assert sorted(titles) == sorted(shapes)
+    for image, title in zip(images, titles):  # decoded from the file, not squashed to image_size
+        assert tuple(image.shape) == (3, shapes[title][1], shapes[title][0])
