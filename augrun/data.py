@@ -75,16 +75,21 @@ def subset(data: ImageData | FileData, size: int | None) -> ImageData | FileData
     """A seeded, class-balanced subset: classes take turns in a random order until `size` images are taken."""
     if size is None or size >= len(data):
         return data
-    generator = torch.Generator().manual_seed(SUBSET_SEED)
-    order = torch.randperm(len(data), generator=generator)
-    shuffled_labels = data.labels[order]
+    chosen = classes_taking_turns(data.labels, torch.Generator().manual_seed(SUBSET_SEED))[:size]
+    return data.take(chosen.sort().values)
+
+
+def classes_taking_turns(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Every index, in a random order (from `generator`) in which the classes take turns: one image of each class,
+    then a second of each, ...; a class that runs out drops out. Any prefix is as class-balanced as it can be."""
+    order = torch.randperm(len(labels), generator=generator)
+    shuffled_labels = labels[order]
     # rank of each image within its class in the shuffled order; sorting by it interleaves the classes
-    rank_in_class = torch.zeros(len(data), dtype=torch.long)
+    rank_in_class = torch.zeros(len(labels), dtype=torch.long)
     for label in shuffled_labels.unique():
         members = (shuffled_labels == label).nonzero().squeeze(1)
         rank_in_class[members] = torch.arange(len(members))
-    chosen = order[torch.sort(rank_in_class, stable=True).indices[:size]].sort().values
-    return data.take(chosen)
+    return order[torch.sort(rank_in_class, stable=True).indices]
 
 
 # --- synthetic ----------------------------------------------------------------------------------------------------

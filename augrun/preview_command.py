@@ -25,7 +25,6 @@ Bad input exits 2 with one line naming the key or path, before torch is imported
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -297,20 +296,16 @@ def _read_default_image() -> torch.Tensor:
 
 
 def class_balanced_sample(labels: torch.Tensor, count: int, seed: int) -> list[int]:
-    """Indices of ``count`` images, classes taking turns: every class's first image, then every class's second, ...
-
-    Each class's images come in a random order seeded from (seed, "preview", "dataset"), so the picture shows the whole
-    dataset rather than its first class, and the same seed shows the same images. A class that runs out drops out.
-    """
+    """Indices of ``count`` images, classes taking turns (data.classes_taking_turns, as a subset takes them), in a
+    random order seeded from (seed, "preview", "dataset"): the picture shows the whole dataset rather than its first
+    class, and the same seed shows the same images."""
     import torch
 
+    from augrun.data import classes_taking_turns
     from augrun.seeding import derive_seed
 
     generator = torch.Generator().manual_seed(derive_seed(seed, "preview", "dataset"))
-    per_class = [(labels == label).nonzero().squeeze(1) for label in labels.unique()]
-    shuffled = [members[torch.randperm(len(members), generator=generator)].tolist() for members in per_class]
-    turns = itertools.chain.from_iterable(itertools.zip_longest(*shuffled))
-    return [index for index in turns if index is not None][:count]
+    return classes_taking_turns(labels, generator)[:count].tolist()
 
 
 def _render(images, options: PreviewOptions, titles) -> Path:
