@@ -99,7 +99,7 @@ class StreamBatches:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         plan = epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args)[start_step:]
-        keys = [[(epoch, int(i)) for i in indices] for indices in plan]
+        keys = [[(epoch, i) for i in indices.tolist()] for indices in plan]
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
                                              collate_fn=collate, pin_memory=self.finish.device.type == "cuda",
                                              multiprocessing_context=WORKER_START_METHOD if self.workers else None,
@@ -114,7 +114,7 @@ class StreamBatches:
             images = images.to(self.finish.device, non_blocking=True)
             labels = labels.to(self.finish.device, non_blocking=True)
             if images.dtype == torch.uint8:
-                images = to_float(images)  # bit-identical to the cpu backend's ToDtype(scale=True)
+                images = to_float(images)  # bit-identical to the cpu backend's ToTensor
             if self.device_pipeline is not None:
                 # reseeded per step, as the resident gpu backend: a resumed run draws what the original drew
                 self.generator.manual_seed(derive_seed(self.seed, "aug", epoch, step, self.rank))
