@@ -3,17 +3,21 @@
 #
 #   bash benchmarks/gpu_check.sh [--cpu] [PART ...]
 #
-# PARTs, run in this order (default: all four):
+# PARTs, run in this order (default: the first call's four; issue #11 plans two calls of ~7 minutes):
 #   tests       pytest -m gpu (the CUDA tests)
 #   throughput  benchmarks/throughput.py, eager: batch 256 and 1024, both pipelines, a/b/c + DDP(1 process) overhead
 #   fast        experiment=fast on the JPEG copy of CIFAR-10 (needs DATA_TAR), reported by benchmarks/recipe_report.py
 #   compile     throughput.py --compile at batch 1024 (b and c only: a was measured by `throughput`)
+#   recipe      the book's exact recipe, experiment=d2l_seed, on the JPEG copy (needs DATA_TAR): its final numbers
+#   ablation    one seed of the with/without sweep, experiment=aug_ablation seed=0, on the JPEG copy: comparison.md
+# Call 1: bash benchmarks/gpu_check.sh tests throughput fast    Call 2: bash benchmarks/gpu_check.sh compile recipe ablation
 # --cpu runs the same steps on a CPU-only machine, in --quick / tiny form.
 #
 # Set-up first (environment, wheels into SITE_DIR, augrun in editable mode), then each PART under `timeout`, all inside
 # CHECK_BUDGET_S seconds (default 560: the device tool's 600 s per call, less a margin). Everything printed goes to
 # $OUT/gpu_check.log; JSON results to $OUT/throughput*.json; the fast run's metrics, summary and curves to $OUT/fast_*;
-# the summary to $OUT/summary.txt (7 files: the device tool brings back 8 at most). A failed or timed-out step is
+# the summary to $OUT/summary.txt; recipe: d2l_*; ablation: ablation_wall.txt, ablation_comparison.md (each call of
+# the two-call plan above brings back at most 7 files: the device tool takes 8). A failed or timed-out step is
 # recorded and the next one still runs.
 #
 # Environment: OUT (results folder; the device tool sets it), PYTHON (default python3), WHEELS_DIR (default .whl),
@@ -30,7 +34,8 @@ fi
 PARTS=("$@")
 ((${#PARTS[@]})) || PARTS=(tests throughput fast compile)
 for part in "${PARTS[@]}"; do
-    [[ $part =~ ^(tests|throughput|fast|compile)$ ]] || { echo "unknown part '$part'; valid: tests throughput fast compile"; exit 2; }
+    [[ $part =~ ^(tests|throughput|fast|compile|recipe|ablation)$ ]] \
+        || { echo "unknown part '$part'; valid: tests throughput fast compile recipe ablation"; exit 2; }
 done
 wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/augrun-gpu-check}
@@ -42,6 +47,9 @@ SITE_DIR=${SITE_DIR:-/tmp/site}
 DATA_TAR=${DATA_TAR:-.devdata/cifar10-jpeg.tar.gz}
 BUDGET=${CHECK_BUDGET_S:-560}
 FAST_DIR=/tmp/augrun-fast
+RECIPE_DIR=/tmp/augrun-d2l
+ABLATION_DIR=/tmp/augrun-ablation
+DATA_DIR=/tmp/augrun-data
 export PYTHONUNBUFFERED=1  # progress lines reach the log as they happen
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -118,33 +126,54 @@ if wants throughput; then
     step throughput 150 "$PY" benchmarks/throughput.py "${EAGER[@]}" --ddp-overhead --json "$OUT/throughput.json"
 fi
 
+# --- the JPEG copy of CIFAR-10, extracted once for the parts that train on it ------------------------------------------
+JPEG=(dataset=imagefolder "dataset.root=$DATA_DIR/cifar10-jpeg")
+have_data() {
+    [[ -d $DATA_DIR/cifar10-jpeg ]] && return 0
+    if [[ ! -f $DATA_TAR ]]; then
+        echo "=== $1: skipped, no $DATA_TAR (copy /work/shared/data/cifar10-jpeg.tar.gz there and carry .devdata)"
+        STEPS+=("$1: skipped (no data)")
+        return 1
+    fi
+    mkdir -p "$DATA_DIR"
+    step extract-data 60 tar xzf "$DATA_TAR" -C "$DATA_DIR"
+}
+# --cpu: the same commands on a subset with a small model, to check the steps themselves
+SMALL=()
+[[ $MODE == cpu ]] && SMALL=(model=small_cnn dataset.train_size=1000 dataset.test_size=500 trainer.epochs=1
+                             trainer.compile=false trainer.devices=cpu)
+
 # --- experiment=fast on the JPEG copy of CIFAR-10 ------------------------------------------------------------------------
 FAST_SECONDS=
-if wants fast; then
-    if [[ -f $DATA_TAR ]]; then
-        DATA_DIR=/tmp/augrun-data
-        mkdir -p "$DATA_DIR"
-        step extract-data 60 tar xzf "$DATA_TAR" -C "$DATA_DIR"
-        RECIPE=(experiment=fast dataset=imagefolder "dataset.root=$DATA_DIR/cifar10-jpeg"
-                "dataset.mean=[0.4914,0.4822,0.4465]" "dataset.std=[0.2470,0.2435,0.2616]")
-        # --cpu: the same command on a subset with a small model, to check the step itself
-        [[ $MODE == cpu ]] && RECIPE+=(model=small_cnn dataset.train_size=2000 dataset.test_size=1000 trainer.epochs=2
-                                       trainer.compile=false trainer.devices=cpu trainer.batch_size=256)
-        rm -rf "$FAST_DIR"
-        t0=$SECONDS
-        step fast-recipe 210 "$PY" -m augrun train "${RECIPE[@]}" "hydra.run.dir=$FAST_DIR"
-        FAST_SECONDS=$((SECONDS - t0))
-        # the device tool brings back at most 8 files: the run's metrics, summary and curves, not its checkpoint
-        for f in metrics.jsonl summary.json curves.png; do [[ -f $FAST_DIR/$f ]] && cp "$FAST_DIR/$f" "$OUT/fast_$f"; done
-    else
-        echo "=== fast: skipped, no $DATA_TAR (copy /work/shared/data/cifar10-jpeg.tar.gz there and carry .devdata)"
-        STEPS+=("fast: skipped (no data)")
-    fi
+if wants fast && have_data fast; then
+    RECIPE=(experiment=fast "${JPEG[@]}" "dataset.mean=[0.4914,0.4822,0.4465]" "dataset.std=[0.2470,0.2435,0.2616]"
+            "${SMALL[@]}")
+    rm -rf "$FAST_DIR"
+    t0=$SECONDS
+    step fast-recipe 210 "$PY" -m augrun train "${RECIPE[@]}" "hydra.run.dir=$FAST_DIR"
+    FAST_SECONDS=$((SECONDS - t0))
+    # the device tool brings back at most 8 files: the run's metrics, summary and curves, not its checkpoint
+    for f in metrics.jsonl summary.json curves.png; do [[ -f $FAST_DIR/$f ]] && cp "$FAST_DIR/$f" "$OUT/fast_$f"; done
 fi
 
 # --- throughput, compiled -------------------------------------------------------------------------------------------------
 if wants compile; then
     step throughput-compile 200 "$PY" benchmarks/throughput.py "${COMPILED[@]}" --json "$OUT/throughput_compile.json"
+fi
+
+# --- the book's exact recipe and one seed of the with/without sweep, on the JPEG copy -------------------------------------
+if wants recipe && have_data recipe; then
+    rm -rf "$RECIPE_DIR"
+    step d2l-recipe 240 "$PY" -m augrun train experiment=d2l_seed "${JPEG[@]}" "${SMALL[@]}" "hydra.run.dir=$RECIPE_DIR"
+    for f in metrics.jsonl summary.json; do [[ -f $RECIPE_DIR/$f ]] && cp "$RECIPE_DIR/$f" "$OUT/d2l_$f"; done
+fi
+if wants ablation && have_data ablation; then
+    rm -rf "$ABLATION_DIR"
+    t0=$SECONDS
+    step ablation-sweep 300 "$PY" -m augrun train -m experiment=aug_ablation seed=0 "${JPEG[@]}" "${SMALL[@]}" \
+        "hydra.sweep.dir=$ABLATION_DIR"
+    echo "ablation sweep wall time: $((SECONDS - t0))s" | tee "$OUT/ablation_wall.txt"
+    [[ -f $ABLATION_DIR/comparison.md ]] && cp "$ABLATION_DIR/comparison.md" "$OUT/ablation_comparison.md"
 fi
 
 # --- summary ----------------------------------------------------------------------------------------------------------
@@ -160,5 +189,21 @@ fi
         echo
         echo "== experiment=fast on the JPEG copy of CIFAR-10"
         timeout 30 "$PY" benchmarks/recipe_report.py "$FAST_DIR" --target 0.94 ${FAST_SECONDS:+--wall-seconds $FAST_SECONDS}
+    fi
+    if [[ -f $RECIPE_DIR/summary.json ]]; then
+        echo
+        echo "== the book's recipe (experiment=d2l_seed) on the JPEG copy; the book: loss 0.231, train acc 0.921, test acc 0.836"
+        timeout 30 "$PY" -c "
+import json, sys
+s = json.load(open(sys.argv[1])); f = s.get('final') or {}
+print(f\"loss {f.get('train_loss', float('nan')):.3f}, train acc {f.get('train_acc', float('nan')):.3f}, \"
+      f\"test acc {f.get('test_acc', float('nan')):.3f}\")
+print(f\"{s.get('examples_per_s') or 0:.1f} examples/sec on {', '.join(s.get('devices') or [])} ({s.get('status')})\")
+" "$RECIPE_DIR/summary.json"
+    fi
+    if [[ -f $ABLATION_DIR/comparison.md ]]; then
+        echo
+        echo "== one seed of experiment=aug_ablation on the JPEG copy"
+        sed -n '1,20p' "$ABLATION_DIR/comparison.md"
     fi
 } | tee "$OUT/summary.txt"
