@@ -7,10 +7,11 @@
 #   tests       pytest -m gpu (the CUDA tests)
 #   throughput  benchmarks/throughput.py, eager: batch 256 and 1024, both pipelines, a/b/c + DDP(1 process) overhead
 #   fast        experiment=fast on the JPEG copy of CIFAR-10 (needs DATA_TAR), reported by benchmarks/recipe_report.py
+#   stream      benchmarks/stream.py --device cuda: streamed photos, torchvision vs augrun's backends (#14: c >= 2.5 a)
 #   compile     throughput.py --compile at batch 1024 (b and c only: a was measured by `throughput`)
 #   recipe      the book's exact recipe, experiment=d2l_seed, on the JPEG copy (needs DATA_TAR): its final numbers
 #   ablation    one seed of the with/without sweep, experiment=aug_ablation seed=0, on the JPEG copy: comparison.md
-# Call 1: bash benchmarks/gpu_check.sh tests throughput fast    Call 2: bash benchmarks/gpu_check.sh compile recipe ablation
+# Call 1: gpu_check.sh tests throughput fast stream    Call 2: gpu_check.sh compile recipe ablation
 # --cpu runs the same steps on a CPU-only machine, in --quick / tiny form.
 #
 # Set-up first (environment, wheels into SITE_DIR, augrun in editable mode), then each PART under `timeout`, all inside
@@ -32,10 +33,10 @@ if [[ "${1:-}" == "--cpu" ]]; then
     shift
 fi
 PARTS=("$@")
-((${#PARTS[@]})) || PARTS=(tests throughput fast compile)
+((${#PARTS[@]})) || PARTS=(tests throughput fast stream)
 for part in "${PARTS[@]}"; do
-    [[ $part =~ ^(tests|throughput|fast|compile|recipe|ablation)$ ]] \
-        || { echo "unknown part '$part'; valid: tests throughput fast compile recipe ablation"; exit 2; }
+    [[ $part =~ ^(tests|throughput|fast|compile|recipe|ablation|stream)$ ]] \
+        || { echo "unknown part '$part'; valid: tests throughput fast compile recipe ablation stream"; exit 2; }
 done
 wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/augrun-gpu-check}
@@ -154,6 +155,13 @@ if wants fast && have_data fast; then
     FAST_SECONDS=$((SECONDS - t0))
     # the device tool brings back at most 8 files: the run's metrics, summary and curves, not its checkpoint
     for f in metrics.jsonl summary.json curves.png; do [[ -f $FAST_DIR/$f ]] && cp "$FAST_DIR/$f" "$OUT/fast_$f"; done
+fi
+
+# --- streamed photos: torchvision's ImageFolder against augrun's streamed backends, batches to the device ------------------
+if wants stream; then
+    if [[ $MODE == gpu ]]; then STREAM=(--device cuda --images 256 --workers 2 --rounds 3); else
+        STREAM=(--device cpu --images 32 --batch-size 8 --rounds 1); fi
+    step stream 120 "$PY" benchmarks/stream.py "${STREAM[@]}" --no-memory --json "$OUT/stream.json"
 fi
 
 # --- throughput, compiled -------------------------------------------------------------------------------------------------
