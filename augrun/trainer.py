@@ -85,7 +85,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
         warn(warning)
     check_logger(cfg.logger)
     cores = os.cpu_count() or 1
-    if backend == "cpu" and cfg.trainer.workers > cores:
+    if (backend == "cpu" or streamed) and cfg.trainer.workers > cores:  # streamed photos: workers decode, either backend
         warn(f"trainer.workers={cfg.trainer.workers} on {cores} CPU cores: workers will compete for them")
 
     config_dict = comparable_config(cfg)
