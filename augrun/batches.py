@@ -97,6 +97,21 @@ class AugmentedImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.pixels[index])), self.labels[index]
 
 
+def worker_batches(dataset: torch.utils.data.Dataset, epoch: int, start_step: int, *, plan_args: dict, workers: int,
+                   device: torch.device, collate_fn: Callable | None = None) -> Iterator:
+    """The epoch's batches from `dataset` indexed by (epoch, index), made by `workers` DataLoader processes (0: here),
+    from step `start_step` of the epoch's plan, with the workers already started."""
+    plan = epoch_plan(len(dataset), epoch=epoch, **plan_args)[start_step:]
+    # tolist(): int() of each tensor element costs ~3 us: 30 ms per 10k images, before any worker starts
+    keys = [[(epoch, i) for i in indices.tolist()] for indices in plan]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate_fn,
+                                         pin_memory=device.type == "cuda",
+                                         multiprocessing_context=WORKER_START_METHOD if workers else None,
+                                         worker_init_fn=signals.leave_to_parent if workers else None)
+    with signals.held_for_children():  # the workers start here: a signal to the group must wait for their handling
+        return iter(loader)
+
+
 class WorkerBatches:
     """cpu backend: torchvision transforms per image in DataLoader worker processes (the book's data path).
 
@@ -116,15 +131,8 @@ class WorkerBatches:
         return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        plan = epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args)[start_step:]
-        # tolist(): int() of each tensor element costs ~3 us: 30 ms per 10k images, before any worker starts
-        keys = [[(epoch, i) for i in indices.tolist()] for indices in plan]
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
-                                             pin_memory=self.finish.device.type == "cuda",
-                                             multiprocessing_context=WORKER_START_METHOD if self.workers else None,
-                                             worker_init_fn=signals.leave_to_parent if self.workers else None)
-        with signals.held_for_children():  # the workers start here: a signal to the group must wait for their handling
-            batches = iter(loader)
+        batches = worker_batches(self.dataset, epoch, start_step, plan_args=self.plan_args, workers=self.workers,
+                                 device=self.finish.device)
         for step, (images, labels) in enumerate(batches, start_step):
             images = images.to(self.finish.device, non_blocking=True)
             labels = labels.to(self.finish.device, non_blocking=True)

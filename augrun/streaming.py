@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from augrun import signals
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec
 from augrun.augment.pixels import to_float
-from augrun.batches import WORKER_START_METHOD, Batch, BatchFinisher, epoch_plan
+from augrun.batches import Batch, BatchFinisher, epoch_plan, worker_batches
 from augrun.errors import DataError
 from augrun.imagedata import FileData
 from augrun.images import ImageFileError, open_rgb
@@ -98,14 +97,8 @@ class StreamBatches:
         return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        plan = epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args)[start_step:]
-        keys = [[(epoch, i) for i in indices.tolist()] for indices in plan]
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, num_workers=self.workers,
-                                             collate_fn=collate, pin_memory=self.finish.device.type == "cuda",
-                                             multiprocessing_context=WORKER_START_METHOD if self.workers else None,
-                                             worker_init_fn=signals.leave_to_parent if self.workers else None)
-        with signals.held_for_children():  # as WorkerBatches: a signal to the group waits for the workers' handling
-            batches = iter(loader)
+        batches = worker_batches(self.dataset, epoch, start_step, plan_args=self.plan_args, workers=self.workers,
+                                 device=self.finish.device, collate_fn=collate)
         for step, batch in enumerate(batches, start_step):
             self.trim(0)  # the previous step's tensors are freed by now (see _heap_trimmer)
             if isinstance(batch, BadFile):
