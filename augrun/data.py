@@ -39,7 +39,6 @@ class DatasetRequest:
     test_size: int | None
     storage: str = "memory"            # memory or stream (choose_storage has resolved auto)
     cache_dir: Path | None = None      # image folders in memory: where the decoded copy is cached
-    memory_limit_gb: float = 4.0       # auto: the most decoded bytes kept in memory
 
 
 @functools.lru_cache(maxsize=2)  # the launcher checks the data before Hydra starts, then trains on the same copy
@@ -49,9 +48,9 @@ def load_dataset(name: str, root: str, *, download: bool = True, image_size: int
     choice = choose_storage(name, root, storage=storage, image_size=image_size, memory_limit_gb=memory_limit_gb,
                             train_size=train_size, test_size=test_size)
     request = DatasetRequest(Path(root), download, image_size, channels, num_classes, train_size, test_size,
-                             choice.storage, Path(cache_dir).expanduser() if cache_dir else None, memory_limit_gb)
+                             choice.storage, Path(cache_dir).expanduser() if cache_dir else None)
     splits = DATASETS.get(name)(request)
-    return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size), choice.note)
+    return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size))
 
 
 def choose_storage(name: str, root: str, *, storage: str, image_size: int, memory_limit_gb: float,

@@ -75,7 +75,6 @@ class FileData:
 class DataSplits:
     train: ImageData | FileData
     test: ImageData | FileData
-    note: str = ""  # said once by the run: how an image folder is stored (dataset.storage=auto's choice)
 
     @property
     def num_classes(self) -> int:

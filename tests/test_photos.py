@@ -20,7 +20,7 @@ from PIL import Image
 from augrun.augment.ops import parse_train_pipeline
 from augrun.batches import BatchFinisher
 from augrun.config import ConfigError
-from augrun.data import DataError, load_dataset
+from augrun.data import DataError, choose_storage, load_dataset
 from augrun.imagedata import FileData
 from augrun.models import build_model
 from augrun.photos import eval_transform, split_for_device
@@ -88,9 +88,13 @@ def test_both_storage_modes_hold_the_same_files_and_auto_says_what_it_chose(phot
         assert torch.equal(a.labels, b.labels) and a.classes == b.classes == ["cat", "dog"]
     assert len(list(tmp_path.rglob("*.pt"))) == 2 and not list(photos.rglob("*.pt"))  # cached outside the folder
     auto = load_dataset("imagefolder", str(photos), image_size=SIZE)  # photos of 90-600 px for 32 px: stream
-    assert auto.streamed and auto.note.startswith("dataset.storage=auto chose stream: sampled images have sides")
+    said = choose_storage("imagefolder", str(photos), storage="auto", image_size=SIZE, memory_limit_gb=4.0,
+                          train_size=None, test_size=None).note  # what the run prints
+    assert auto.streamed and said.startswith("dataset.storage=auto chose stream: sampled images have sides")
     near = load_dataset("imagefolder", str(photos), image_size=200, memory_limit_gb=1e-9)  # over the limit: stream
-    assert near.streamed and "over dataset.memory_limit_gb=1e-09" in near.note
+    said = choose_storage("imagefolder", str(photos), storage="auto", image_size=200, memory_limit_gb=1e-9,
+                          train_size=None, test_size=None).note
+    assert near.streamed and "over dataset.memory_limit_gb=1e-09" in said
 
 
 def test_every_kind_of_file_decodes_to_upright_rgb(photos: Path):
