@@ -91,7 +91,9 @@ class StreamBatches:
         self.generator = torch.Generator(device=finish.device)
         self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
                               drop_last=drop_last)
-        self.trim = _heap_trimmer()
+        # the fragmenting batch-sized tensors are host memory only when the batches stay on the CPU; on CUDA they live
+        # on the device, and a heap scan per step would be pure cost
+        self.trim = _heap_trimmer() if finish.device.type == "cpu" else (lambda *args: None)
 
     def steps(self, epoch: int) -> int:
         return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
