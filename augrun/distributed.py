@@ -6,12 +6,15 @@ runs work. With one process every collective here is the identity, so single-dev
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from typing import Any
@@ -179,11 +182,29 @@ def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: 
 def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
-                            device_id=device if device.type == "cuda" else None)
-    try:
+    with process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                       device_id=device if device.type == "cuda" else None):
         worker(rank, world, device, *args)
+
+
+@contextlib.contextmanager
+def process_group(backend: str, **init: Any) -> Iterator[None]:
+    """init_process_group, and destroy_process_group after every DDP model made inside is gone.
+
+    A DDP model freed after its group was destroyed frees the group itself, from its Reducer, holding the GIL, and
+    joins gloo's threads, one of which may be waiting for the GIL to free a finished collective's tensor: a deadlock,
+    seen with torch 2.11 on a rank that stopped on a signal under load. Freed by destroy_process_group instead, the
+    group releases the GIL first. Models in the frames of an exception's traceback (a stop, a failure) are freed here;
+    a caller must not hold one in its own frame when the block ends.
+    """
+    dist.init_process_group(backend, **init)
+    try:
+        yield
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)  # the frames that raised: the one running the block is kept
+        raise
     finally:
+        gc.collect()  # a model in a reference cycle
         dist.destroy_process_group()
 
 

@@ -352,42 +352,45 @@ def sync_profile(clock: Clock, device: torch.device, run_steps: Callable[[int], 
 # --- DDP in a 1-process group against no wrapper -----------------------------------------------------------------
 
 def ddp_overhead(args, device: torch.device, clock: Clock, resident: ImageData, report) -> list[dict]:
-    import torch.distributed as dist
+    from augrun.distributed import process_group
 
     cuda = device.type == "cuda"
-    tmp = tempfile.TemporaryDirectory(prefix="augrun-ddp-")
-    init = dict(backend="nccl" if cuda else "gloo", init_method=f"file://{tmp.name}/store", rank=0, world_size=1)
+    backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(device)
-        init["device_id"] = device
-    dist.init_process_group(**init)
     rows = []
-    try:
+    with tempfile.TemporaryDirectory(prefix="augrun-ddp-") as tmp, \
+            process_group(backend, init_method=f"file://{tmp}/store", rank=0, world_size=1,
+                          device_id=device if cuda else None):
         torch.backends.cudnn.benchmark = cuda
-        pipeline = gpu_pipeline(pipeline_specs(args.ddp_pipeline))
-        amp = torch.bfloat16 if cuda else None
-        mode = args.compile_mode if args.compile else None
         for batch in args.batch_sizes:
-            plain_model = new_model(args.model, device, channels_last=cuda)
-            inner = copy.deepcopy(plain_model)
-            # as build.wrap_model: channels_last first, then DDP, then compile
-            wrapped = nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if cuda else None)
-            plain = Trainer(plain_model, device, amp_dtype=amp, compile_mode=mode)
-            ddp = Trainer(wrapped, device, amp_dtype=amp, compile_mode=mode, params_of=inner)
-            source_plain = forever(device_batches(resident, pipeline, device, batch, channels_last=cuda))
-            source_ddp = forever(device_batches(resident, pipeline, device, batch, channels_last=cuda))
-            timed = time_blocks(clock, {"plain": (lambda n: plain.block(source_plain, n), batch),
-                                        "ddp": (lambda n: ddp.block(source_ddp, n), batch)},
-                                warmup=args.warmup, repeats=max(args.repeats, 6), steps=args.steps)
-            row = {"pipeline": args.ddp_pipeline, "batch": batch, "backend": init["backend"], **timed,
-                   "ddp/plain": timed["ddp"]["median"] / timed["plain"]["median"]}
-            row["overhead"] = 1.0 - row["ddp/plain"]
+            row = measure_ddp(args, device, clock, resident, batch, backend)
             rows.append(row)
             report(row)
-    finally:
-        dist.destroy_process_group()
-        tmp.cleanup()
     return rows
+
+
+def measure_ddp(args, device: torch.device, clock: Clock, resident: ImageData, batch: int, backend: str) -> dict:
+    """One batch size: the DDP model lives in this frame only, so that it is gone before its process group."""
+    cuda = device.type == "cuda"
+    pipeline = gpu_pipeline(pipeline_specs(args.ddp_pipeline))
+    amp = torch.bfloat16 if cuda else None
+    mode = args.compile_mode if args.compile else None
+    plain_model = new_model(args.model, device, channels_last=cuda)
+    inner = copy.deepcopy(plain_model)
+    # as build.wrap_model: channels_last first, then DDP, then compile
+    wrapped = nn.parallel.DistributedDataParallel(inner, device_ids=[device.index] if cuda else None)
+    plain = Trainer(plain_model, device, amp_dtype=amp, compile_mode=mode)
+    ddp = Trainer(wrapped, device, amp_dtype=amp, compile_mode=mode, params_of=inner)
+    source_plain = forever(device_batches(resident, pipeline, device, batch, channels_last=cuda))
+    source_ddp = forever(device_batches(resident, pipeline, device, batch, channels_last=cuda))
+    timed = time_blocks(clock, {"plain": (lambda n: plain.block(source_plain, n), batch),
+                                "ddp": (lambda n: ddp.block(source_ddp, n), batch)},
+                        warmup=args.warmup, repeats=max(args.repeats, 6), steps=args.steps)
+    row = {"pipeline": args.ddp_pipeline, "batch": batch, "backend": backend, **timed,
+           "ddp/plain": timed["ddp"]["median"] / timed["plain"]["median"]}
+    row["overhead"] = 1.0 - row["ddp/plain"]
+    return row
 
 
 # --- intra-op threads on the CPU ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Real multi-process DDP on the CPU with gloo: augrun's own launcher, torchrun, a failing rank, parallel sweeps."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -105,3 +106,30 @@ def test_submitit_launcher_config_composes():
     command = parse_command_line(["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=1"])
     cfg = compose(command, command.overrides)  # as the pre-check composes: the schema registered, Hydra's node kept
     assert cfg.hydra.launcher.gpus_per_node == 1 and "submitit" in cfg.hydra.launcher._target_
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+def test_a_ddp_model_is_freed_before_its_process_group_is_destroyed(tmp_path: Path, ending: str):
+    # A DDP model freed after its group frees the group from its Reducer, holding the GIL: a deadlock that was seen
+    # on a rank stopped by a signal. Whether the block ends normally or by a stop, the model must go first.
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+
+    from augrun import distributed, signals
+
+    freed_while_grouped: list[bool] = []
+
+    def train() -> None:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        model(torch.ones(3, 4)).sum().backward()  # a real allreduce of the gradient bucket
+        weakref.finalize(model, lambda: freed_while_grouped.append(dist.is_initialized()))
+        if ending == "raises":
+            raise signals.Stopped(15)
+
+    with pytest.raises(signals.Stopped) if ending == "raises" else contextlib.nullcontext():
+        with distributed.process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1):
+            train()
+    assert freed_while_grouped == [True]
+    assert not dist.is_initialized()
