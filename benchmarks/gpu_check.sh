@@ -193,12 +193,12 @@ fi
     if ((${#JSONS[@]})); then
         timeout 30 "$PY" benchmarks/throughput.py --summarize "${JSONS[@]}"
     fi
-    if [[ -d $FAST_DIR ]]; then
+    if wants fast && [[ -d $FAST_DIR ]]; then  # not a warm machine's result of an earlier call
         echo
         echo "== experiment=fast on the JPEG copy of CIFAR-10"
         timeout 30 "$PY" benchmarks/recipe_report.py "$FAST_DIR" --target 0.94 ${FAST_SECONDS:+--wall-seconds $FAST_SECONDS}
     fi
-    if [[ -f $RECIPE_DIR/summary.json ]]; then
+    if wants recipe && [[ -f $RECIPE_DIR/summary.json ]]; then
         echo
         echo "== the book's recipe (experiment=d2l_seed) on the JPEG copy; the book: loss 0.231, train acc 0.921, test acc 0.836"
         timeout 30 "$PY" -c "
@@ -209,7 +209,7 @@ print(f\"loss {f.get('train_loss', float('nan')):.3f}, train acc {f.get('train_a
 print(f\"{s.get('examples_per_s') or 0:.1f} examples/sec on {', '.join(s.get('devices') or [])} ({s.get('status')})\")
 " "$RECIPE_DIR/summary.json"
     fi
-    if [[ -f $ABLATION_DIR/comparison.md ]]; then
+    if wants ablation && [[ -f $ABLATION_DIR/comparison.md ]]; then
         echo
         echo "== one seed of experiment=aug_ablation on the JPEG copy"
         sed -n '1,20p' "$ABLATION_DIR/comparison.md"
