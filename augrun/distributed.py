@@ -142,7 +142,8 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in signals.STOP_SIGNALS}
+    # from a thread (augrun.api's caller's) no handler can be set: the ranks get only what is sent to the group
+    previous = {s: signal.signal(s, forward) for s in signals.STOP_SIGNALS} if signals.in_main_thread() else {}
     try:
         # starting the tracker (on the first spawn) unblocks both signals in this thread: start it before holding them
         resource_tracker.ensure_running()

@@ -70,12 +70,17 @@ class SignalFlag:
         self.signum: int | None = None
         self.stop_at_once: Callable[[FrameType | None], bool] | None = None
         self._pid = os.getpid()
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._handle)
+        # Outside the main thread (augrun.api called from a thread) no handler can be set: Python runs handlers in the
+        # main thread only, whose handling stays its own, and this flag is never set
+        self.handles = in_main_thread()
+        if self.handles:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._handle)
 
     @classmethod
     def installed(cls) -> SignalFlag:
-        if cls._instance is None or cls._instance._pid != os.getpid():
+        current = cls._instance
+        if current is None or current._pid != os.getpid() or (in_main_thread() and not current.handles):
             cls._instance = cls()
         return cls._instance
 
@@ -107,8 +112,14 @@ def handled_during_call(stop_at_once: Callable[[FrameType | None], bool]) -> Ite
         yield flag
     finally:
         SignalFlag._instance = None
-        for signum, handler in previous.items():  # None: set outside Python, which cannot be put back; the default is
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if flag.handles:
+            for signum, handler in previous.items():  # None: set outside Python, which cannot be put back; the default
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def in_main_thread() -> bool:
+    """Whether signal handlers can be set here: Python allows it in the main thread only."""
+    return threading.current_thread() is threading.main_thread()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,28 @@ def test_two_trains_in_one_process_leave_the_caller_as_it_was(in_workdir: Path, 
     assert sys.argv == argv  # Hydra read its command line from sys.argv; the caller's is back
     assert not GlobalHydra.instance().is_initialized()  # the kernel's own hydra.initialize() would work
     assert {s: signal.getsignal(s) for s in signals.STOP_SIGNALS} == caller_signal_handling  # a kernel's Ctrl-C works
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_train_from_a_thread_runs_and_leaves_the_main_thread_its_signal_handling(nprocs: int, in_workdir: Path,
+                                                                                  caller_signal_handling):
+    # a notebook or an app may train in a thread of its own; only the main thread can set signal handlers
+    outcome: dict = {}
+
+    def train_in_thread() -> None:
+        try:
+            outcome["run"] = augrun.train(*TINY, "trainer.epochs=1", f"trainer.nprocs={nprocs}")
+        except BaseException as error:  # reported by the assertion below, not lost in the thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=train_in_thread)
+    thread.start()
+    thread.join()
+    assert "error" not in outcome, repr(outcome.get("error"))
+    run = outcome["run"]
+    assert run.ok and [r["epoch"] for r in run.metrics] == [1]
+    assert run.summary["devices"] == ["cpu"] * nprocs
+    assert {s: signal.getsignal(s) for s in signals.STOP_SIGNALS} == caller_signal_handling
 
 
 def test_sweep_returns_its_runs_and_the_comparison_at_its_root(in_workdir: Path):
