@@ -15,10 +15,13 @@ Interrupted, a KeyboardInterrupt whose message is the call that resumes it. Noth
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from augrun import rundir, signals
@@ -38,6 +41,8 @@ __all__ = ["Comparison", "Interrupted", "Run", "Sweep", "TrainingFailed", "UserE
 # choice between train and sweep
 CONFIG_FLAGS = {flag: HYDRA_FLAGS[flag] for flag in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")}
 DIRECTORY_KEYS = {"train": "hydra.run.dir", "sweep": "hydra.sweep.dir"}
+# held by the call running: Hydra's global state, sys.argv and the signal handling belong to the whole process
+_RUNNING = threading.Lock()
 
 
 class TrainingFailed(RuntimeError):
@@ -78,7 +83,7 @@ def preview(*overrides: str) -> Image:
 
     plain, flags = split_argv(_strings(overrides))
     writes_out = any(override.split("=", 1)[0].lstrip("+~") == "out" for override in plain)
-    with tempfile.TemporaryDirectory(prefix="augrun-preview-") as folder:
+    with _one_call_at_a_time("preview"), tempfile.TemporaryDirectory(prefix="augrun-preview-") as folder:
         _, path = draw_preview(plain, flags, out=None if writes_out else Path(folder) / "preview.png")
         picture = PILImage.open(path)
         picture.load()  # reads the pixels and closes the file, before the folder goes
@@ -102,7 +107,7 @@ def _launch(function: str, overrides: tuple[str, ...]) -> Launched:
 
     argv = (["--multirun"] if function == "sweep" else []) + _strings(overrides)
     flags = CONFIG_FLAGS | ({"--multirun": None} if function == "sweep" else {})
-    with signals.handled_during_call(launch.before_hydra_runs):
+    with _one_call_at_a_time(function), signals.handled_during_call(launch.before_hydra_runs):
         try:
             return launch.train(parse_command_line(argv, flags_allowed=flags))
         except launch.JobFailed as failure:
@@ -114,6 +119,18 @@ def _launch(function: str, overrides: tuple[str, ...]) -> Launched:
     # raised here, once the signal handlers are the caller's again, and without the frames (and DataLoader workers)
     # of the exception that ended the run
     raise error
+
+
+@contextlib.contextmanager
+def _one_call_at_a_time(function: str) -> Iterator[None]:
+    """Refuse a call while another runs (from another thread): the two would compose into one Hydra."""
+    if not _RUNNING.acquire(blocking=False):
+        raise UserError(f"augrun.{function}", "another augrun call is running in this process; valid: one call at a "
+                        "time (wait for it to return, or use another process)")
+    try:
+        yield
+    finally:
+        _RUNNING.release()
 
 
 def _strings(overrides: tuple[str, ...]) -> list[str]:

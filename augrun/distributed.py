@@ -113,15 +113,15 @@ def launch(worker: Callable[..., Any], placement: Placement, *args: Any) -> None
             else torch.device("cpu")
         _run_in_group(worker, rank, world, device, args)
     elif placement.nprocs > 1:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-        _spawn_and_join(worker, placement, args)
+        # the address goes to the ranks, not into this process's environment: there it would read as half a torchrun
+        # set-up to the next run of a notebook's kernel
+        _spawn_and_join(worker, placement, args, init_method=f"tcp://127.0.0.1:{_free_port()}")
     else:
         device = torch.device(f"cuda:{placement.gpu_indices[0]}") if placement.kind == "cuda" else torch.device("cpu")
         worker(0, 1, device, *args)
 
 
-def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tuple) -> None:
+def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tuple, *, init_method: str) -> None:
     """Start one process per rank and wait. If one fails, join ends the others and raises with that rank's error.
 
     SIGINT/SIGTERM, sent to this launcher alone (a scheduler's) or to the whole group (Ctrl-C, Slurm), reach every
@@ -148,8 +148,9 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
         # starting the tracker (on the first spawn) unblocks both signals in this thread: start it before holding them
         resource_tracker.ensure_running()
         with signals.held_for_children():
-            context = torch.multiprocessing.start_processes(_spawned, args=(worker, placement, args, stopped_by, user_errors),
-                                                            nprocs=placement.nprocs, join=False, start_method="spawn")
+            rank_args = (worker, placement, args, init_method, stopped_by, user_errors)
+            context = torch.multiprocessing.start_processes(_spawned, args=rank_args, nprocs=placement.nprocs,
+                                                            join=False, start_method="spawn")
         ranks.extend(context.processes)
         if flag.signum is not None:  # received while the ranks were being started, before they could be told
             forward(flag.signum)
@@ -168,11 +169,12 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
         raise signals.Stopped(stopped_by.value)  # rank 0 has printed the note
 
 
-def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple, stopped_by, user_errors) -> None:
+def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple, init_method: str, stopped_by,
+             user_errors) -> None:
     signals.take_in_rank()
     device = torch.device(f"cuda:{placement.gpu_indices[rank]}") if placement.kind == "cuda" else torch.device("cpu")
     try:
-        _run_in_group(worker, rank, placement.nprocs, device, args)
+        _run_in_group(worker, rank, placement.nprocs, device, args, init_method=init_method)
     except signals.Stopped as stop:
         stopped_by.value = stop.signum
     except UserError as error:
@@ -180,10 +182,12 @@ def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: 
         sys.exit(INPUT_ERROR_STATUS)
 
 
-def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple) -> None:
+def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple, *,
+                  init_method: str | None = None) -> None:
+    """init_method None: torchrun's environment (env://)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    with process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+    with process_group("nccl" if device.type == "cuda" else "gloo", init_method=init_method, rank=rank, world_size=world,
                        device_id=device if device.type == "cuda" else None):
         worker(rank, world, device, *args)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import signal
 import sys
 import threading
@@ -84,6 +85,7 @@ def test_train_from_a_thread_runs_and_leaves_the_main_thread_its_signal_handling
                                                                                   caller_signal_handling):
     # a notebook or an app may train in a thread of its own; only the main thread can set signal handlers
     outcome: dict = {}
+    rendezvous = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT")}
 
     def train_in_thread() -> None:
         try:
@@ -99,6 +101,38 @@ def test_train_from_a_thread_runs_and_leaves_the_main_thread_its_signal_handling
     assert run.ok and [r["epoch"] for r in run.metrics] == [1]
     assert run.summary["devices"] == ["cpu"] * nprocs
     assert {s: signal.getsignal(s) for s in signals.STOP_SIGNALS} == caller_signal_handling
+    # the ranks' address was theirs alone: left here, it would read as half a torchrun set-up to the next call
+    assert {name: os.environ.get(name) for name in rendezvous} == rendezvous
+
+
+def test_a_second_call_while_one_runs_is_refused_in_one_line(in_workdir: Path, monkeypatch, caller_signal_handling):
+    # A call from a thread holds the process's Hydra until it returns. The real train, made to wait at its start so
+    # that the second calls surely come while it runs.
+    from augrun import launch
+
+    inside, release = threading.Event(), threading.Event()
+    real_train = launch.train
+
+    def train_once_released(*args, **kwargs):
+        inside.set()
+        release.wait(60)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "train", train_once_released)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(run=augrun.train(*TINY, "trainer.epochs=1")))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        for call in (lambda: augrun.train(*TINY), lambda: augrun.sweep(*TINY), lambda: augrun.preview()):
+            with pytest.raises(augrun.UserError) as refused:
+                call()
+            assert "\n" not in str(refused.value) and "another augrun call is running in this process" in str(refused.value)
+    finally:
+        release.set()
+        thread.join()
+    assert outcome["run"].ok  # the first call was not disturbed
+    assert augrun.preview("aug=flip_only").size  # and once it has returned, the next call runs
 
 
 def test_sweep_returns_its_runs_and_the_comparison_at_its_root(in_workdir: Path):
