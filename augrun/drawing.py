@@ -89,7 +89,7 @@ def render_grid(images: list[torch.Tensor], path: Path, *, rows: int, cols: int,
 
     from augrun.curves import save_figure
 
-    fig = Figure(figsize=(cols * scale, rows * scale))
+    fig = Figure(figsize=(picture_inches(cols, scale), picture_inches(rows, scale)))
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -107,6 +107,12 @@ def render_grid(images: list[torch.Tensor], path: Path, *, rows: int, cols: int,
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.08, hspace=0.3 if titles else 0.08)
     save_figure(fig, path, dpi=DPI)
     return path
+
+
+def picture_inches(cells: int, scale: float) -> float:
+    """The picture's side in inches: round(cells * scale * DPI) pixels, whether matplotlib rounds inches * DPI (3.11)
+    or truncates it (3.10, which makes 3 * 0.7 inches 209 pixels, 2.0999... * 100)."""
+    return (round(cells * scale * DPI) + 0.01) / DPI
 
 
 # --- a training run's preview.png ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from augrun.compare import render
 from augrun.compare.runs import RunResult
 from augrun.compare.stats import build_report
 from augrun.curves import curves_figure
-from augrun.drawing import augmented_copies, write_run_preview
+from augrun.drawing import DPI, augmented_copies, picture_inches, write_run_preview
 from augrun.preview_command import preview_command, preview_options
 from helpers import make_image_folder, run_augrun, snapshot
 
@@ -64,6 +64,13 @@ def test_grid_has_the_documented_pixel_size_and_nothing_else_is_written(in_tmp: 
     preview("image=cat.png", f"rows={rows}", f"cols={cols}", f"scale={scale}", "out=grid.png")
     assert size_of(in_tmp / "grid.png") == expected  # (cols * scale * 100, rows * scale * 100)
     assert sorted(p.name for p in in_tmp.iterdir()) == ["cat.png", "grid.png"]  # no outputs/, .hydra/, log, temp file
+
+
+def test_the_picture_is_a_whole_number_of_pixels_whether_matplotlib_rounds_or_truncates():
+    for cells in range(1, 7):
+        for scale in [i / 20 for i in range(2, 61)]:  # 0.1 to 3.0: 3 * 0.7 inches is 2.0999... in floats
+            pixels = round(cells * scale * DPI)
+            assert int(picture_inches(cells, scale) * DPI) == round(picture_inches(cells, scale) * DPI) == pixels
 
 
 CAT = Path(augrun.preview_command.__file__).parent / "assets" / augrun.preview_command.DEFAULT_IMAGE
