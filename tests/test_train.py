@@ -64,6 +64,21 @@ def test_same_seed_same_metrics_different_seed_different(workdir: Path):
     assert without_timing(first) != without_timing(other)
 
 
+def test_a_compiled_run_learns_as_the_eager_one_and_saves_plain_weights(workdir: Path):
+    # trainer.compile=true, experiment=fast's default, through augrun train: torch.compile's inductor on the CPU
+    compiled = run_augrun("train", *SMOKE, "trainer.compile=true", "trainer.epochs=2", "trainer.threads=1",
+                          "hydra.run.dir=compiled", cwd=workdir)
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    eager = train_in_process(workdir / "eager", "trainer.epochs=2", "trainer.threads=1")
+    for got, expected in zip(read_metrics(workdir / "compiled"), eager, strict=True):
+        assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-4)  # fused kernels round otherwise
+        assert got["train_acc"] == pytest.approx(expected["train_acc"], abs=2 / TRAIN_SIZE)
+        assert got["test_acc"] == pytest.approx(expected["test_acc"], abs=2 / 128)
+    # the weights of the model itself, not of torch.compile's wrapper: a run resumes compiled or not
+    weights = torch.load(workdir / "compiled" / "checkpoint.pt", weights_only=True)["model"]
+    assert list(weights) == list(torch.load(workdir / "eager" / "checkpoint.pt", weights_only=True)["model"])
+
+
 def test_learns_the_synthetic_task(workdir: Path):
     records = train_in_process(workdir / "run", "trainer.epochs=4", "aug=none", "trainer.workers=0",
                                "dataset.train_size=640", "optim.lr=0.01")
