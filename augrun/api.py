@@ -20,8 +20,8 @@ import os
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from augrun import rundir, signals

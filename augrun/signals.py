@@ -113,7 +113,7 @@ def handled_during_call(stop_at_once: Callable[[FrameType | None], bool]) -> Ite
     finally:
         SignalFlag._instance = None
         if flag.handles:
-            for signum, handler in previous.items():  # None: set outside Python, which cannot be put back; the default
+            for signum, handler in previous.items():  # None: set outside Python, not restorable: the default instead
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
