@@ -127,7 +127,8 @@ def test_a_second_call_while_one_runs_is_refused_in_one_line(in_workdir: Path, m
         for call in (lambda: augrun.train(*TINY), lambda: augrun.sweep(*TINY), lambda: augrun.preview()):
             with pytest.raises(augrun.UserError) as refused:
                 call()
-            assert "\n" not in str(refused.value) and "another augrun call is running in this process" in str(refused.value)
+            message = str(refused.value)
+            assert "\n" not in message and "another augrun call is running in this process" in message
     finally:
         release.set()
         thread.join()
