@@ -79,8 +79,7 @@ class SignalFlag:
 
     @classmethod
     def installed(cls) -> SignalFlag:
-        current = cls._instance
-        if current is None or current._pid != os.getpid() or (in_main_thread() and not current.handles):
+        if cls._instance is None or cls._instance._pid != os.getpid():
             cls._instance = cls()
         return cls._instance
 
