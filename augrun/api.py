@@ -7,7 +7,7 @@ objects instead of exit statuses.
     comparison = augrun.compare_runs(run_a, run_b, out="report") # augrun compare A B --out report
     augrun.load("outputs/2026-11-27/10-00-00")                   # a Run, or a Sweep for a sweep's root
 
-Below the argument handling each function runs what its command runs (augrun.launch, preview_command.draw_preview,
+Below the argument handling each function runs what its command runs (augrun.commands.train, preview_command.draw_preview,
 compare_command.run_compare): the same pre-check, run directories and reports. Only the outcome is said differently:
 bad input raises the UserError the command line prints in one line; a run that fails while training raises
 TrainingFailed; SIGINT (a notebook's stop button) or SIGTERM checkpoints the run, as in a terminal, and raises
@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from augrun import rundir, signals
-from augrun.compose import HYDRA_FLAGS, parse_command_line
+from augrun.config.compose import HYDRA_FLAGS, parse_command_line
 from augrun.errors import UserError
-from augrun.results import Comparison, Run, Sweep, load  # load: a Run or Sweep from its directory
+from augrun.compare.results import Comparison, Run, Sweep, load  # load: a Run or Sweep from its directory
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from augrun.launch import Launched
+    from augrun.commands.train import TrainOutcome
 
 __all__ = ["Comparison", "Interrupted", "Run", "Sweep", "TrainingFailed", "UserError", "compare_runs", "load",
            "preview", "sweep", "train"]
@@ -60,13 +60,13 @@ class Interrupted(KeyboardInterrupt):
 
 def train(*overrides: str) -> Run:
     """One run, as `augrun train <overrides>`: blocks until it ends, returns it read back from its directory."""
-    return Run.load(_launch("train", overrides).target)
+    return Run.load(_execute("train", overrides).target)
 
 
 def sweep(*overrides: str) -> Sweep:
     """A multirun, as `augrun train -m <overrides>`: every job, then the comparison at the sweep's root. A failed job
     does not stop the others, and is listed in the comparison and in Sweep.failed."""
-    launched = _launch("sweep", overrides)
+    launched = _execute("sweep", overrides)
     if launched.failed:  # the command line exits 1 here; a notebook keeps the sweep's results
         print(f"augrun: warning: {len(launched.failed)} sweep job(s) failed: {', '.join(launched.failed)}",
               file=sys.stderr)
@@ -78,8 +78,8 @@ def preview(*overrides: str) -> Image:
     when `out=...` is given."""
     from PIL import Image as PILImage
 
-    from augrun.compose import split_argv
-    from augrun.preview_command import draw_preview
+    from augrun.config.compose import split_argv
+    from augrun.commands.preview import draw_preview
 
     plain, flags = split_argv(_strings(overrides))
     writes_out = any(override.split("=", 1)[0].lstrip("+~") == "out" for override in plain)
@@ -94,7 +94,7 @@ def preview(*overrides: str) -> Image:
 def compare_runs(*paths: str | Path | Run | Sweep, out: str | Path | None = None) -> Comparison:
     """The comparison `augrun compare <paths> [--out out]` writes (comparison.md/.csv/.png, in `out`, or in the one
     path given), returned as a Comparison. Paths are sweep roots or run directories, or Runs and Sweeps."""
-    from augrun.compare_command import run_compare
+    from augrun.commands.compare import run_compare
 
     argv = [str(getattr(path, "dir", path)) for path in paths] + ([f"--out={out}"] if out is not None else [])
     return Comparison.of(run_compare(argv, console=None))
@@ -102,15 +102,15 @@ def compare_runs(*paths: str | Path | Run | Sweep, out: str | Path | None = None
 
 # --- one train or sweep, as the command line runs it ---------------------------------------------------------------
 
-def _launch(function: str, overrides: tuple[str, ...]) -> Launched:
-    from augrun import launch
+def _execute(function: str, overrides: tuple[str, ...]) -> TrainOutcome:
+    from augrun.commands.train import JobFailed, before_hydra_runs, execute
 
     argv = (["--multirun"] if function == "sweep" else []) + _strings(overrides)
     flags = CONFIG_FLAGS | ({"--multirun": None} if function == "sweep" else {})
-    with _one_call_at_a_time(function), signals.handled_during_call(launch.before_hydra_runs):
+    with _one_call_at_a_time(function), signals.handled_during_call(before_hydra_runs):
         try:
-            return launch.train(parse_command_line(argv, flags_allowed=flags))
-        except launch.JobFailed as failure:
+            return execute(parse_command_line(argv, flags_allowed=flags))
+        except JobFailed as failure:
             error = failure.user_error or TrainingFailed(failure.message)
         except signals.Stopped as stop:
             error = Interrupted(_stop_message(stop, function, overrides), stop.signum, stop.target)

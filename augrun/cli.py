@@ -1,10 +1,10 @@
 """augrun's command line: `augrun train|preview|compare ...`.
 
 Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the command. `augrun train` does its
-work in augrun.launch, the path it shares with the Python API (augrun.api); here that work's outcome becomes what a
+work in augrun.commands.train, the path it shares with the Python API (augrun.api); here that work's outcome becomes what a
 shell expects: one line on stderr and an exit status (2 bad input, 1 a failed run, 130/143 a signal).
 
-Bad input is checked before Hydra runs anything (augrun.precheck): every job of the command is composed and checked,
+Bad input is checked before Hydra runs anything (augrun.commands.precheck): every job of the command is composed and checked,
 so a typo exits 2 with one line before a directory is created or a file touched. Modules that import torch are imported
 inside functions here and in compose/precheck, so that such a line comes before torch loads, which takes seconds.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from augrun.compose import parse_command_line
-from augrun.config import register_schemas
+from augrun.config.compose import parse_command_line
+from augrun.config.schema import register_schemas
 from augrun.errors import UserError, fail
 
 USAGE = """usage: augrun <command> [hydra overrides]
@@ -30,13 +30,13 @@ register_schemas()
 
 
 def train_command(argv: list[str]) -> None:
-    """`augrun train`: augrun.launch does the work; here its outcome becomes one line and an exit status."""
-    from augrun import launch
+    """`augrun train`: augrun.commands.train does the work; here its outcome becomes one line and an exit status."""
+    from augrun.commands.train import JobFailed, execute
     try:
-        launched = launch.train(parse_command_line(argv))
+        launched = execute(parse_command_line(argv))
     except UserError as error:
         fail(str(error))
-    except launch.JobFailed as failure:
+    except JobFailed as failure:
         fail(failure.message, failure.status)
     if launched.failed:
         fail(f"{len(launched.failed)} sweep job(s) failed: {', '.join(launched.failed)}", 1)
@@ -48,15 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "train":
         # Ctrl-C or SIGTERM while the command starts (imports, pre-check, data) abandons it at once, in one line;
         # train_task hands later ones to the training loop (augrun.signals)
-        from augrun.launch import before_hydra_runs
+        from augrun.commands.train import before_hydra_runs
         signals.SignalFlag.installed().stop_at_once = before_hydra_runs
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "preview": _lazy("augrun.preview_command", "preview_command"),
-                "compare": _lazy("augrun.compare_command", "compare_command"),
-                "ops": _lazy("augrun.ops_command", "ops_command")}
+    commands = {"train": train_command, "preview": _lazy("augrun.commands.preview", "preview_command"),
+                "compare": _lazy("augrun.commands.compare", "compare_command"),
+                "ops": _lazy("augrun.commands.ops", "ops_command")}
     if command not in commands:
         fail(f"unknown command {command!r}; valid: {', '.join(commands)} (augrun --help)")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from augrun.config import ConfigError
+from augrun.errors import ConfigError
 
 
 class Registry:

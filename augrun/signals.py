@@ -40,7 +40,7 @@ class Stopped(BaseException):
         super().__init__(signum, note)
         self.signum, self.note = signum, note
         self.status = 128 + signum
-        self.target: Path | None = None  # the stopped run's directory or sweep's root, set by augrun.launch
+        self.target: Path | None = None  # the stopped run's directory or sweep's root, set by augrun.commands.train
 
 
 def resume_hint(run_dir: Path) -> str:

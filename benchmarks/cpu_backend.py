@@ -12,7 +12,7 @@ Default mode: for each pipeline in conf/aug/ that the cpu backend runs, images/s
 A round times one whole epoch of each path (a fresh iterator and fresh workers, as every epoch of training has), the
 order alternating between rounds so that drift hits both alike; augrun/book is taken per round, the median reported.
 Data: augrun's synthetic CIFAR-shaped images (32x32x3), or --image-folder (train/<class>/ files, decoded once by
-augrun.data as training does).
+augrun.data.datasets as training does).
 
     python benchmarks/cpu_backend.py                                # every pipeline, 10k synthetic images, ~5 min
     python benchmarks/cpu_backend.py --image-folder /tmp/cifar10-jpeg --pipelines flip_only flip_color_crop
@@ -51,8 +51,8 @@ if importlib.util.find_spec("augrun") is None:  # run from a checkout without in
 
 from augrun.augment import cpu as cpu_backend  # noqa: E402
 from augrun.augment.ops import TENSOR_OPS, OpSpec, parse_train_pipeline, torchvision_arguments  # noqa: E402
-from augrun.batches import AugmentedImages, BatchFinisher, WorkerBatches  # noqa: E402
-from augrun.data import ImageData, load_dataset, make_synthetic  # noqa: E402
+from augrun.data.batches import AugmentedImages, BatchFinisher, WorkerBatches  # noqa: E402
+from augrun.data.datasets import ImageData, load_dataset, make_synthetic  # noqa: E402
 
 AUG_DIR = Path(__file__).resolve().parents[1] / "conf" / "aug"
 IMAGE_SIZE, NUM_CLASSES, SEED = 32, 10, 0

@@ -83,9 +83,9 @@ def on_device(batches, device: torch.device) -> int:
 
 def augrun_sources(root: Path, backend: str, *, workers: int, batch_size: int, device: torch.device | None = None):
     from augrun.augment.ops import parse_train_pipeline
-    from augrun.batches import BatchFinisher
-    from augrun.data import load_dataset
-    from augrun.streaming import stream_sources
+    from augrun.data.batches import BatchFinisher
+    from augrun.data.datasets import load_dataset
+    from augrun.data.streaming import stream_sources
     data = load_dataset("imagefolder", str(root), image_size=SIZE, storage="stream")
     device = device or torch.device("cpu")
     return stream_sources(data.train, data.test, backend=backend, train_ops=parse_train_pipeline(BOOK),

@@ -3,7 +3,7 @@
 
 For each pipeline (`flip_only`, `flip_color_crop`) and batch size it measures images/s of:
 
-  a      the book's path: cpu backend (torchvision per image in 4 DataLoader workers, augrun.batches.WorkerBatches),
+  a      the book's path: cpu backend (torchvision per image in 4 DataLoader workers, augrun.data.batches.WorkerBatches),
          fp32, NCHW, cudnn.benchmark off
   b      augrun's gpu backend: uint8 data resident on the device, per-sample batched aug (DeviceBatches + GpuPipeline),
          bf16 autocast, channels_last and cudnn.benchmark on CUDA (fp32 on CPU, as precision=auto); --compile: compiled
@@ -14,7 +14,7 @@ For each pipeline (`flip_only`, `flip_color_crop`) and batch size it measures im
   feed   DeviceBatches alone: index + aug + finish, no model
 
 Every training step is augrun's own `engine.train_one_epoch` fed from augrun's batch sources, so what is timed is what
-`augrun train` runs. Data: `augrun.data.make_synthetic` (CIFAR-shaped, 32x32x3, 10 classes), so nothing is downloaded.
+`augrun train` runs. Data: `augrun.data.datasets.make_synthetic` (CIFAR-shaped, 32x32x3, 10 classes), so nothing is downloaded.
 Warm-up steps are not timed; the clock is read after torch.cuda.synchronize; each number is the median over repeats.
 b, c, aug and feed are timed in interleaved rounds, so slow drift (other jobs, clocks) hits them alike. a runs on its
 own, in fresh epochs (a DataLoader each, as the book has; interleaving would let its workers prefetch while the others
@@ -56,12 +56,12 @@ if importlib.util.find_spec("augrun") is None:  # run from a checkout without in
 from augrun.augment import cpu as cpu_backend  # noqa: E402
 from augrun.augment.gpu import GPU_OPS, GpuPipeline  # noqa: E402
 from augrun.augment.ops import OpSpec, parse_train_pipeline  # noqa: E402
-from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches  # noqa: E402
-from augrun.data import ImageData, make_synthetic  # noqa: E402
-from augrun.engine import EpochState, train_one_epoch  # noqa: E402
+from augrun.data.batches import BatchFinisher, DeviceBatches, WorkerBatches  # noqa: E402
+from augrun.data.datasets import ImageData, make_synthetic  # noqa: E402
+from augrun.run.engine import EpochState, train_one_epoch  # noqa: E402
 from augrun.environment import intra_op_threads  # noqa: E402
-from augrun.models import build_model  # noqa: E402
-from augrun.optim import build_optimizer  # noqa: E402
+from augrun.models.networks import build_model  # noqa: E402
+from augrun.models.optim import build_optimizer  # noqa: E402
 
 # The two pipelines, written as conf/aug/*.yaml writes them (RandomResizedCrop size = dataset.image_size = 32).
 PIPELINES: dict[str, dict] = {
@@ -352,7 +352,7 @@ def sync_profile(clock: Clock, device: torch.device, run_steps: Callable[[int], 
 # --- DDP in a 1-process group against no wrapper -----------------------------------------------------------------
 
 def ddp_overhead(args, device: torch.device, clock: Clock, resident: ImageData, report) -> list[dict]:
-    from augrun.distributed import process_group
+    from augrun.run.distributed import process_group
 
     cuda = device.type == "cuda"
     backend = "nccl" if cuda else "gloo"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from augrun.compose import to_train_config
+from augrun.config.compose import to_train_config
 from helpers import SMOKE, compose_train
 
 

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from augrun import precheck
-from augrun.compose import parse_command_line
-from augrun.config import register_schemas
+from augrun.commands import precheck
+from augrun.config.compose import parse_command_line
+from augrun.config.schema import register_schemas
 from augrun.errors import UserError
 
 # shrunk to seconds on a 2-core CPU: synthetic data, a tiny CNN, real DataLoader workers

@@ -20,11 +20,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import augrun
-from augrun import checkpoint, signals
+from augrun import signals
+from augrun.run import checkpoint
 from augrun.cli import main
 from augrun.compare import RunResult
-from augrun.compare_command import compare_command
-from augrun.preview_command import preview_command
+from augrun.commands.compare import compare_command
+from augrun.commands.preview import preview_command
 from helpers import SMOKE, read_metrics, without_timing
 
 # experiment=smoke shrunk further: 3 steps of 64 an epoch, no DataLoader workers (each would be a process to start)
@@ -108,17 +109,17 @@ def test_train_from_a_thread_runs_and_leaves_the_main_thread_its_signal_handling
 def test_a_second_call_while_one_runs_is_refused_in_one_line(in_workdir: Path, monkeypatch, caller_signal_handling):
     # A call from a thread holds the process's Hydra until it returns. The real train, made to wait at its start so
     # that the second calls surely come while it runs.
-    from augrun import launch
+    from augrun.commands import train
 
     inside, release = threading.Event(), threading.Event()
-    real_train = launch.train
+    real_execute = train.execute
 
     def train_once_released(*args, **kwargs):
         inside.set()
         release.wait(60)
-        return real_train(*args, **kwargs)
+        return real_execute(*args, **kwargs)
 
-    monkeypatch.setattr(launch, "train", train_once_released)
+    monkeypatch.setattr(train, "execute", train_once_released)
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(run=augrun.train(*TINY, "trainer.epochs=1")))
     thread.start()

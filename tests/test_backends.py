@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from augrun.augment.ops import parse_train_pipeline, resolve_backend
-from augrun.config import ConfigError
+from augrun.errors import ConfigError
 from helpers import SMOKE, read_metrics, run_augrun
 
 FLIP_COLOR_CROP = parse_train_pipeline({"RandomHorizontalFlip": {"p": 0.5},
@@ -43,8 +43,8 @@ def test_gpu_backend_trains_on_cpu_tensors(workdir: Path):
 def test_cpu_backend_draws_per_image_and_epoch_not_per_worker():
     import torch
     from augrun.augment.cpu import build_train_transform
-    from augrun.batches import AugmentedImages
-    from augrun.data import make_synthetic
+    from augrun.data.batches import AugmentedImages
+    from augrun.data.datasets import make_synthetic
     data = make_synthetic(image_size=32, channels=3, num_classes=4, train_size=8, test_size=4).train
     images = AugmentedImages(data, build_train_transform(FLIP_COLOR_CROP), seed=0)
     first, _ = images[(1, 3)]

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import augrun.data
-import augrun.folders
+import augrun.data.datasets
+import augrun.data.folders
 from augrun.compare import find_runs, load_run, write_report
-from augrun.compare_command import compare_command
-from augrun.config import ConfigError
-from augrun.data import DataError
-from augrun.folders import load_image_folder
+from augrun.commands.compare import compare_command
+from augrun.errors import ConfigError
+from augrun.data.datasets import DataError
+from augrun.data.folders import load_image_folder
 from augrun.errors import printable
-from augrun.images import MAX_PIXELS, ImageFileError, decode_image
-from augrun.drawing import read_image
+from augrun.data.decoding import MAX_PIXELS, ImageFileError, decode_image
+from augrun.report.drawing import read_image
 from helpers import SMOKE, run_augrun, snapshot
 from test_compare import epochs_for, make_run, make_sweep
 from helpers import assert_user_error, make_image_folder
@@ -239,7 +239,7 @@ BAD_FOLDER_FILES = {
 def test_image_folder_with_a_bad_file_is_one_data_error(case: str, in_processes: bool, tmp_path: Path, bomb_png: bytes,
                                                          monkeypatch):
     if in_processes:  # one image per task: the decoding process pool runs (and pickles DataError back) as for 1024+
-        monkeypatch.setattr(augrun.folders, "_DECODE_CHUNK", 1)
+        monkeypatch.setattr(augrun.data.folders, "_DECODE_CHUNK", 1)
     content, expected = BAD_FOLDER_FILES[case]
     make_image_folder(tmp_path)
     name = "bomb.png" if case == "decompression bomb" else "bad\nname.png"
@@ -371,7 +371,7 @@ def test_bad_out_and_unknown_flags(tmp_path: Path, capsys, monkeypatch):
     }
     for name, (args, expected) in cases.items():
         assert expected in compare_error([str(root), *args], capsys), name
-    monkeypatch.setattr("augrun.compare_command.os.access", lambda path, mode: False)  # as a non-root user on a chmod 555 dir
+    monkeypatch.setattr("augrun.commands.compare.os.access", lambda path, mode: False)  # as a non-root user on a chmod 555 dir
     assert f"--out: {tmp_path} is not writable" in compare_error([str(root), "--out", str(tmp_path / "new")], capsys)
     assert snapshot(tmp_path) == before
 

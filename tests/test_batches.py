@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from augrun.augment.gpu import ColorJitter, GpuPipeline, MixUp, RandomHorizontalFlip, RandomResizedCrop
-from augrun.batches import BatchFinisher, DeviceBatches, check_fits_on_device, epoch_plan
-from augrun.data import DataError, make_synthetic
+from augrun.data.batches import BatchFinisher, DeviceBatches, check_fits_on_device, epoch_plan
+from augrun.data.datasets import DataError, make_synthetic
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

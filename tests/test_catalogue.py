@@ -17,11 +17,11 @@ from PIL import Image
 from augrun.augment import gpu
 from augrun.augment.cpu import ToTensor, build_train_transform
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline, resolve_backend
-from augrun.batches import BatchFinisher
+from augrun.data.batches import BatchFinisher
 from augrun.cli import main
-from augrun.compose import run_hydra, to_train_config
-from augrun.config import ConfigError
-from augrun.build import gpu_batch_op
+from augrun.config.compose import run_hydra, to_train_config
+from augrun.errors import ConfigError
+from augrun.run.build import gpu_batch_op
 from helpers import compose_train, read_metrics
 
 NEW_AUGS = ["standard", "autoaugment", "randaugment", "trivialaugment", "augmix", "erasing", "mixup", "cutmix"]
@@ -282,5 +282,5 @@ def test_aug_ablation_sweeps_five_pipelines_times_three_seeds(tmp_path: Path, mo
 
 
 def test_precheck_sees_every_job_of_the_ablation_sweep():
-    from augrun.compose import expand_jobs, parse_command_line
+    from augrun.config.compose import expand_jobs, parse_command_line
     assert len(expand_jobs(parse_command_line(["-m", "experiment=aug_ablation"]))) == 15

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from rich.console import Console
 
-from augrun.compare_command import compare_command
+from augrun.commands.compare import compare_command
 from augrun.compare import (
     CSV_COLUMNS,
     CompareError,
@@ -28,7 +28,7 @@ from augrun.compare import (
     print_report,
     write_report,
 )
-from augrun.curves import plot_curves
+from augrun.report.curves import plot_curves
 
 REPO = Path(__file__).resolve().parents[1]
 

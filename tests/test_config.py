@@ -7,7 +7,7 @@ import torchvision.transforms.v2 as T
 
 from augrun.augment.cpu import ToTensor, build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
-from augrun.compose import to_train_config
+from augrun.config.compose import to_train_config
 from helpers import compose_train
 
 AUG_OPTIONS = ["none", "flip_only", "vflip", "crop", "brightness", "hue", "color_jitter", "flip_color_crop"]

@@ -10,9 +10,9 @@ from PIL import Image
 
 from augrun.augment import cpu
 from augrun.augment.ops import REGISTRY, TENSOR_OPS, parse_train_pipeline, torchvision_arguments
-from augrun.batches import AugmentedImages
-from augrun.compose import to_train_config
-from augrun.data import make_synthetic
+from augrun.data.batches import AugmentedImages
+from augrun.config.compose import to_train_config
+from augrun.data.datasets import make_synthetic
 from augrun.seeding import derive_seed
 from helpers import compose_train
 

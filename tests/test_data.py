@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-import augrun.folders as folders_module
-from augrun.config import ConfigError
-from augrun.folders import load_image_folder
-from augrun.data import (
+import augrun.data.folders as folders_module
+from augrun.errors import ConfigError
+from augrun.data.folders import load_image_folder
+from augrun.data.datasets import (
     cifar_class,
     DataError,
     DataSplits,
@@ -358,7 +358,7 @@ def expected_tensor(expected: dict[str, list], classes: list[str]) -> tuple[list
 
 
 def count_decodes(monkeypatch) -> list:
-    """Wraps augrun.folders._decode to record each call's file names, so a test sees when the cache is bypassed."""
+    """Wraps augrun.data.folders._decode to record each call's file names, so a test sees when the cache is bypassed."""
     calls = []
     real = folders_module._decode
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from augrun.compose import compose, parse_command_line
+from augrun.config.compose import compose, parse_command_line
 from helpers import SMOKE, read_metrics, run_augrun
 
 TRAIN_SIZE = 320  # experiment=smoke
@@ -59,9 +59,9 @@ def test_torchrun_joins_the_group_instead_of_launching(workdir: Path):
 
 FAIL_RANK_1 = '''
 # Loaded by every Python process of the test (sitecustomize): rank 1 raises in its first epoch.
-import augrun.engine as engine
+import augrun.run.engine as engine
 import torch.distributed as dist
-from augrun.data import DataError
+from augrun.data.datasets import DataError
 original = engine.train_one_epoch
 def train_one_epoch(*args, **kwargs):
     if dist.is_initialized() and dist.get_rank() == 1:
@@ -115,7 +115,8 @@ def test_a_stopped_ddp_model_is_freed_before_its_process_group_is_destroyed(tmp_
     import torch
     import torch.distributed as dist
 
-    from augrun import distributed, signals
+    from augrun import signals
+    from augrun.run import distributed
 
     freed_while_grouped: list[bool] = []
 

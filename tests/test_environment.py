@@ -13,10 +13,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from augrun import environment, outputs
+from augrun import environment
+from augrun.report import run_outputs
 from augrun.cli import main
 from augrun.compare import compare_paths
-from augrun.outputs import cpu_time_note, format_duration
+from augrun.report.run_outputs import cpu_time_note, format_duration
 from helpers import SMOKE, refusal, run_augrun
 from test_compare import epochs_for, make_run
 
@@ -125,7 +126,7 @@ def test_the_projection_says_how_long_a_cpu_run_takes_and_what_is_faster():
 
 def test_a_cpu_run_over_the_threshold_prints_one_note_and_uses_trainer_threads(tmp_path: Path, monkeypatch, capsys,
                                                                                restore_threads):
-    monkeypatch.setattr(outputs, "CPU_NOTE_SECONDS", 0.0)  # every run is long now
+    monkeypatch.setattr(run_outputs, "CPU_NOTE_SECONDS", 0.0)  # every run is long now
     main(["train", *SMOKE, "trainer.threads=2", f"hydra.run.dir={tmp_path}"])  # the real CLI, in this process
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("augrun: note:")]
     assert len(notes) == 1 and "on the CPU this run will take about " in notes[0], notes  # once, not every update

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from augrun import precheck
-from augrun.compose import parse_command_line
+from augrun.commands import precheck
+from augrun.config.compose import parse_command_line
 from augrun.errors import CheckpointError, CompareError, ConfigError, DataError, RunDirError, UserError
 from helpers import SMOKE, assert_user_error, make_image_folder, refusal, run_augrun, snapshot
 

@@ -9,7 +9,7 @@ import augrun
 
 PACKAGE = Path(augrun.__file__).parent
 # the command line's commands, and the Python API: augrun.api, and the package itself, which hands out api's functions
-COMMANDS = {"augrun.cli", "augrun.preview_command", "augrun.compare_command", "augrun.ops_command", "augrun.__main__",
+COMMANDS = {"augrun.cli", "augrun.commands.preview", "augrun.commands.compare", "augrun.commands.ops", "augrun.__main__",
             "augrun.api", "augrun"}
 MAX_LINES = 350
 LONGER_ALLOWED = {"augrun.augment.gpu"}  # the op library: one batched version per torchvision op
@@ -30,7 +30,7 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from augrun import trainer` imports the module augrun.trainer
+            # `from augrun import trainer` imports the module augrun.run.trainer
             names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
         else:
             continue

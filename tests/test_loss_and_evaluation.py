@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from augrun.cli import main
-from augrun.compose import to_train_config
-from augrun.config import ConfigError
+from augrun.config.compose import to_train_config
+from augrun.errors import ConfigError
 from helpers import compose_train, read_metrics
 
 
@@ -53,7 +53,7 @@ class LeftHeavy(torch.nn.Module):
 
 
 def test_flip_tta_scores_the_sum_of_logits_of_image_and_mirror():
-    from augrun.engine import evaluate
+    from augrun.run.engine import evaluate
     pixels = [[0.1, 0.5], [0.5, 0.1], [0.3, 0.9], [0.2, 0.3], [0.1, 0.4]]
     labels = torch.tensor([1, 0, 0, 0, 0])
     # plain logits (2a, b): argmax 1, 0, 1, 0, 1 -> right on images 0, 1, 3

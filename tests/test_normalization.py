@@ -9,8 +9,8 @@ import torchvision.transforms.v2 as T
 
 from augrun.augment.cpu import build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
-from augrun.batches import BatchFinisher
-from augrun.compose import to_train_config
+from augrun.data.batches import BatchFinisher
+from augrun.config.compose import to_train_config
 from helpers import compose_train
 
 

@@ -8,13 +8,13 @@ import inspect
 import pytest
 import torchvision.transforms.v2 as T
 
-from augrun import precheck
+from augrun.commands import precheck
 from augrun.augment import gpu
 from augrun.augment.catalogue import catalogue, describe, example_yaml, override_example
 from augrun.augment.ops import (BATCH_NAMES, REGISTRY, TRAIN_NAMES, parse_batch_pipeline, parse_train_pipeline)
-from augrun.compose import parse_command_line
-from augrun.config import ConfigError
-from augrun.ops_command import ops_command
+from augrun.config.compose import parse_command_line
+from augrun.errors import ConfigError
+from augrun.commands.ops import ops_command
 from helpers import SMOKE, assert_user_error, refusal, run_augrun
 
 # the d2l chapter's MXNet pipelines (gluon.data.vision.transforms), and what each means in torchvision

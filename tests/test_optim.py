@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from augrun.compose import to_train_config
-from augrun.config import ConfigError
-from augrun.optim import build_optimizer, build_scheduler
+from augrun.config.compose import to_train_config
+from augrun.errors import ConfigError
+from augrun.models.optim import build_optimizer, build_scheduler
 from helpers import compose_train
 
 

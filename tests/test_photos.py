@@ -18,13 +18,13 @@ import torchvision
 from PIL import Image
 
 from augrun.augment.ops import parse_train_pipeline
-from augrun.batches import BatchFinisher
-from augrun.config import ConfigError
-from augrun.data import DataError, choose_storage, load_dataset
-from augrun.imagedata import FileData
-from augrun.models import build_model
-from augrun.photos import eval_transform, split_for_device
-from augrun.streaming import StreamedImages, stream_sources
+from augrun.data.batches import BatchFinisher
+from augrun.errors import ConfigError
+from augrun.data.datasets import DataError, choose_storage, load_dataset
+from augrun.data.splits import FileData
+from augrun.models.networks import build_model
+from augrun.data.photos import eval_transform, split_for_device
+from augrun.data.streaming import StreamedImages, stream_sources
 from helpers import SMOKE, assert_user_error, refusal, run_augrun
 
 CPU = torch.device("cpu")

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import augrun.preview_command
+import augrun.commands.preview
 from augrun.augment.ops import parse_train_pipeline
 from augrun.compare import render
 from augrun.compare.runs import RunResult
 from augrun.compare.stats import build_report
-from augrun.curves import curves_figure
-from augrun.drawing import DPI, augmented_copies, picture_inches, write_run_preview
-from augrun.preview_command import preview_command, preview_options
+from augrun.report.curves import curves_figure
+from augrun.report.drawing import DPI, augmented_copies, picture_inches, write_run_preview
+from augrun.commands.preview import preview_command, preview_options
 from helpers import make_image_folder, run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"
@@ -73,7 +73,7 @@ def test_the_picture_is_a_whole_number_of_pixels_whether_matplotlib_rounds_or_tr
             assert int(picture_inches(cells, scale) * DPI) == round(picture_inches(cells, scale) * DPI) == pixels
 
 
-CAT = Path(augrun.preview_command.__file__).parent / "assets" / augrun.preview_command.DEFAULT_IMAGE
+CAT = Path(augrun.__file__).parent / "assets" / augrun.commands.preview.DEFAULT_IMAGE
 
 
 def test_default_image_is_the_shipped_cat_with_no_data_and_no_network(tmp_path: Path, monkeypatch):
@@ -210,12 +210,12 @@ def make_coloured_image_folder(root: Path, per_class: int = 4) -> None:
 def drawn(monkeypatch) -> list[tuple[list[torch.Tensor], list[str] | None]]:
     """The images and titles of every grid the preview renders (and still writes)."""
     grids = []
-    real_render_grid = augrun.preview_command.render_grid
+    real_render_grid = augrun.commands.preview.render_grid
 
     def recording_render_grid(images, path, **kwargs):
         grids.append((images, kwargs["titles"]))
         return real_render_grid(images, path, **kwargs)
-    monkeypatch.setattr(augrun.preview_command, "render_grid", recording_render_grid)
+    monkeypatch.setattr(augrun.commands.preview, "render_grid", recording_render_grid)
     return grids
 
 
@@ -236,12 +236,12 @@ def test_dataset_grid_is_a_seeded_class_balanced_sample(in_tmp: Path, drawn):
 
 def test_class_balanced_sample_takes_turns_and_stops_at_count():
     labels = torch.tensor([0] * 5 + [1] * 2 + [2] * 3)
-    chosen = augrun.preview_command.class_balanced_sample(labels, 8, seed=0)
+    chosen = augrun.commands.preview.class_balanced_sample(labels, 8, seed=0)
     taken = [int(labels[i]) for i in chosen]
     assert [sorted(taken[:3]), sorted(taken[3:6]), sorted(taken[6:])] == [[0, 1, 2], [0, 1, 2], [0, 2]]  # turns; class
     # 1 runs out after two
     assert len(set(chosen)) == 8
-    assert augrun.preview_command.class_balanced_sample(labels, 8, seed=0) == chosen
+    assert augrun.commands.preview.class_balanced_sample(labels, 8, seed=0) == chosen
 
 
 # --- integer epoch ticks ---------------------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from augrun import checkpoint, conf, dryrun, precheck, rundir
+from augrun import conf, rundir
+from augrun.run import checkpoint
+from augrun.run import dryrun
+from augrun.commands import precheck
 from augrun.augment.gpu import GPU_OPS
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline
-from augrun.compose import parse_command_line, to_train_config
+from augrun.config.compose import parse_command_line, to_train_config
 from augrun.errors import UserError
 from helpers import SMOKE, assert_user_error, compose_train, read_metrics, refusal, run_augrun, snapshot, without_timing
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from augrun import checkpoint
+from augrun.run import checkpoint
 from helpers import SMOKE, read_metrics, run_augrun, snapshot, without_timing
 
 pytestmark = pytest.mark.slow

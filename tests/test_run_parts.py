@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from augrun import distributed, rundir
+from augrun import rundir
+from augrun.run import distributed
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline
-from augrun.build import build_run
-from augrun.checkpoint import load
-from augrun.data import load_dataset
-from augrun.outputs import NoOutputs, RunOutputs
-from augrun.progress import Checkpointer, Progress
-from augrun.trainer import comparable_config
+from augrun.run.build import build_run
+from augrun.run.checkpoint import load
+from augrun.data.datasets import load_dataset
+from augrun.report.run_outputs import NoOutputs, RunOutputs
+from augrun.run.progress import Checkpointer, Progress
+from augrun.run.trainer import comparable_config
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from augrun import checkpoint, compare, signals
+from augrun import compare, signals
+from augrun.run import checkpoint
 from helpers import SMOKE, read_metrics, run_augrun, without_timing
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 FAIL_ONE_JOB = '''
 # sitecustomize for the test: the job with aug=none and seed=1 fails while training, as a real crash would
-import augrun.trainer as trainer
+import augrun.run.trainer as trainer
 original = trainer._worker
 def _worker(rank, world, device, prepared):
     if prepared.cfg.seed == 1 and not prepared.cfg.aug.train:

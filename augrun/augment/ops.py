@@ -17,7 +17,7 @@ from typing import Any
 
 import torchvision.transforms.v2 as T
 
-from augrun.config import ConfigError
+from augrun.errors import ConfigError
 
 PER_IMAGE, TENSOR, BATCH = "per-image", "tensor", "batch"
 REQUIRED = inspect.Parameter.empty  # an alias argument without a default, as in Gluon's signature

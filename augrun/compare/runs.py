@@ -44,7 +44,7 @@ class Number:
             return False
 
 
-# The fields compare reads, as the trainer writes them (augrun.report.METRIC_FIELDS). A record that breaks this schema
+# The fields compare reads, as the trainer writes them (augrun.report.console.METRIC_FIELDS). A record that breaks this schema
 # makes its run damaged, listed with the failed runs, so that one bad file never stops the comparison of the others.
 # Fields not named here are not read, and not checked: a newer trainer's extra fields still compare.
 METRICS_ROW_FIELDS = {

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from augrun import rundir
 from augrun.compare.runs import RunResult
-from augrun.curves import save_figure
+from augrun.report.curves import save_figure
 from augrun.errors import printable
 
 def is_search(runs: list[RunResult]) -> bool:

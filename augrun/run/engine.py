@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from augrun import distributed
+from augrun.run import distributed
 
 
 class NonFiniteLoss(RuntimeError):

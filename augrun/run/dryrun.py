@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from augrun.augment.ops import TENSOR_OPS, OpSpec, build_torchvision_op
-from augrun.config import ConfigError
+from augrun.errors import ConfigError
 from augrun.errors import first_line
 
 DRAWS = 8  # images pushed through the train ops; BatchNorm needs at least 2 for the forward pass
@@ -52,7 +52,7 @@ def _picture(pixels: torch.Tensor) -> Image.Image:
 def _streamed_train_batch(specs: Sequence[OpSpec], *, backend: str, image_size: int, mean, std) -> torch.Tensor:
     """Made-up photos of several sizes and aspect ratios through the streamed path (for the gpu backend: the workers'
     ops, then the device's), refused unless every one comes out image_size x image_size."""
-    from augrun.photos import split_for_device
+    from augrun.data.photos import split_for_device
     worker_ops, device_ops = split_for_device(specs) if backend == "gpu" else (list(specs), [])
     side = image_size
     shapes = [(side, side * 4 // 3), (side * 3 // 2, side), (2 * side, 2 * side), (side * 5 // 4, side * 5 // 3)]
@@ -132,7 +132,7 @@ def _batch_ops(specs: Sequence[OpSpec], images: torch.Tensor, labels: torch.Tens
 
 def _train_step(model: str, width: int, images: torch.Tensor, targets: torch.Tensor, *, channels: int,
                 num_classes: int, image_size: int, pretrained: bool) -> None:
-    from augrun.models import build_model
+    from augrun.models.networks import build_model
     net = build_model(model, in_channels=channels, num_classes=num_classes, width=width, pretrained=pretrained)
     net.train()
     try:

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from augrun.config import AugConfig, ConfigError, DatasetConfig, check_at_least, check_choice
-from augrun.drawing import DPI, augmented_copies, read_image, render_grid
+from augrun.config.schema import AugConfig, DatasetConfig, check_at_least, check_choice
+from augrun.errors import ConfigError
+from augrun.report.drawing import DPI, augmented_copies, read_image, render_grid
 from augrun.errors import UserError, fail, first_line, printable
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class PreviewOptions:
 # --- the command -----------------------------------------------------------------------------------------------------
 
 def preview_command(argv: list[str]) -> None:
-    from augrun.compose import INFO_FLAGS, run_hydra, split_argv
+    from augrun.config.compose import INFO_FLAGS, run_hydra, split_argv
 
     overrides, flags = split_argv(argv)
     if flags & INFO_FLAGS:  # --help, --cfg job, ...: Hydra prints and runs nothing
@@ -129,7 +130,7 @@ def compose_preview(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from augrun.compose import CONFIG_MODULE, describe_composition_error
+    from augrun.config.compose import CONFIG_MODULE, describe_composition_error
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -262,7 +263,7 @@ def _pixels(options: PreviewOptions) -> tuple[int, int]:
 
 def _training_images(dataset: DictConfig):
     """The configured dataset's training split (loaded as train loads it: download, subset, cache)."""
-    from augrun.data import load_dataset
+    from augrun.data.datasets import load_dataset
 
     for key in dataset:
         if OmegaConf.is_missing(dataset, key):  # imagefolder's root: ???
@@ -301,7 +302,7 @@ def class_balanced_sample(labels: torch.Tensor, count: int, seed: int) -> list[i
     class, and the same seed shows the same images."""
     import torch
 
-    from augrun.data import classes_taking_turns
+    from augrun.data.datasets import classes_taking_turns
     from augrun.seeding import derive_seed
 
     generator = torch.Generator().manual_seed(derive_seed(seed, "preview", "dataset"))

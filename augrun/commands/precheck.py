@@ -13,8 +13,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
-from augrun.compose import CommandLine, compose, expand_jobs, to_train_config
-from augrun.config import TrainConfig
+from augrun.config.compose import CommandLine, compose, expand_jobs, to_train_config
+from augrun.config.schema import TrainConfig
 from augrun.errors import UserError, printable
 
 # torchrun's variables: augrun joins a group only when all of the first four are there
@@ -79,7 +79,7 @@ def precheck_train(command: CommandLine, *, visible_gpus, warn) -> tuple[list[st
     _check_distinct(jobs, target)
 
     # the checks above need no torch; importing it takes seconds, so a typo is reported before that
-    from augrun import trainer
+    from augrun.run import trainer
     for job in jobs:
         if job.progress == "completed":  # kept as it is; it must still be the same experiment
             trainer.load_resume_state(job.run_dir, trainer.comparable_config(job.typed))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from augrun import signals
 from augrun.augment.pixels import to_float
-from augrun.data import DataError, ImageData
+from augrun.data.datasets import DataError, ImageData
 from augrun.seeding import derive_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]

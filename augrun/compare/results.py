@@ -16,7 +16,7 @@ from augrun import rundir
 from augrun.compare import RunResult, build_report, find_runs, load_run
 from augrun.compare.render import comparison_figure, comparison_markdown, comparison_rows
 from augrun.compare.stats import Report
-from augrun.curves import curves_figure
+from augrun.report.curves import curves_figure
 from augrun.errors import CompareError, printable
 
 REPORT_FILES = ("comparison.md", "comparison.csv", "comparison.png", "search.png")

@@ -14,19 +14,23 @@ from typing import Any
 
 import torch
 
-from augrun import checkpoint, distributed, dryrun, environment, rundir, signals
+from augrun import environment, rundir, signals
+from augrun.run import checkpoint
+from augrun.run import distributed
+from augrun.run import dryrun
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
-from augrun.build import BuiltRun, build_run
-from augrun.config import ConfigError, TrainConfig
-from augrun.data import DATASETS, DataSplits, choose_storage, load_dataset
-from augrun.drawing import write_run_preview
-from augrun.engine import evaluate, train_one_epoch
-from augrun.models import MODELS
-from augrun.optim import OPTIMIZERS, SCHEDULES
-from augrun.outputs import NoOutputs, RunOutputs
-from augrun.photos import split_for_device
-from augrun.progress import Checkpointer, Progress
-from augrun.report import check_logger
+from augrun.run.build import BuiltRun, build_run
+from augrun.config.schema import TrainConfig
+from augrun.errors import ConfigError
+from augrun.data.datasets import DATASETS, DataSplits, choose_storage, load_dataset
+from augrun.report.drawing import write_run_preview
+from augrun.run.engine import evaluate, train_one_epoch
+from augrun.models.networks import MODELS
+from augrun.models.optim import OPTIMIZERS, SCHEDULES
+from augrun.report.run_outputs import NoOutputs, RunOutputs
+from augrun.data.photos import split_for_device
+from augrun.run.progress import Checkpointer, Progress
+from augrun.report.trackers import check_logger
 from augrun.signals import SignalFlag
 
 
@@ -123,7 +127,7 @@ def load_resume_state(run_dir: Path, config_dict: dict[str, Any]) -> dict[str, A
 
 def run(prepared: Prepared) -> None:
     # read here: a spawned rank's own command line is multiprocessing's
-    distributed.launch(_worker, prepared.placement, dataclasses.replace(prepared, command=environment.command_line()))
+    distributed.run_on_every_rank(_worker, prepared.placement, dataclasses.replace(prepared, command=environment.command_line()))
 
 
 # --- inside each process -------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
-from augrun.config import ConfigError, TrainConfig, check_ranges, register_schemas
+from augrun.config.schema import TrainConfig, check_ranges, register_schemas
+from augrun.errors import ConfigError
 from augrun.errors import UserError, first_line
 
 CONFIG_MODULE = "augrun.conf"

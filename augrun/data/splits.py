@@ -1,7 +1,7 @@
 """The two forms a dataset split takes: decoded images held in memory (`ImageData`), or image files decoded when a
 batch needs them (`FileData`, photo folders streamed at their own resolution); and the train/test pair (`DataSplits`).
 
-Its own module, below both the dataset loaders (augrun.data, augrun.folders) and the batch sources, so that each can
+Its own module, below both the dataset loaders (augrun.data.datasets, augrun.data.folders) and the batch sources, so that each can
 name these types without importing the others.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class DecodedFiles(Sequence):
         return len(self.paths)
 
     def __getitem__(self, index):  # one image; slices are not needed by anyone
-        from augrun.images import open_rgb
+        from augrun.data.decoding import open_rgb
         return torch.from_numpy(np.array(open_rgb(self.paths[int(index)]))).permute(2, 0, 1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from augrun.config import ConfigError
+from augrun.errors import ConfigError
 from augrun.errors import first_line
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def read_image(path: Path) -> torch.Tensor:
     """An image file as uint8 (C, H, W): RGB, or one channel for grayscale files; EXIF rotation applied."""
     import torch
 
-    from augrun.images import ImageFileError, decode_image
+    from augrun.data.decoding import ImageFileError, decode_image
 
     try:
         pixels = decode_image(path, channels=None)
@@ -87,7 +87,7 @@ def render_grid(images: list[torch.Tensor], path: Path, *, rows: int, cols: int,
     """
     from matplotlib.figure import Figure  # a bare Figure on the Agg canvas: no pyplot, no display needed
 
-    from augrun.curves import save_figure
+    from augrun.report.curves import save_figure
 
     fig = Figure(figsize=(picture_inches(cols, scale), picture_inches(rows, scale)))
     axes = fig.subplots(rows, cols, squeeze=False)

@@ -2,7 +2,7 @@
 
 Every loader returns the same `DataSplits`: uint8 tensors (N, C, H, W) with int64 labels (`ImageData`), so both
 augmentation backends and every model see one format, or, for photo folders streamed at their own resolution, file
-lists (`FileData`, augrun.folders). CIFAR's pickles are small (torchvision's classes check and parse them); image
+lists (`FileData`, augrun.data.folders). CIFAR's pickles are small (torchvision's classes check and parse them); image
 folders are decoded once and cached in a cache directory, or streamed.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from augrun import folders
+from augrun.data import folders
 from augrun.errors import DataError, printable
-from augrun.imagedata import DataSplits, FileData, ImageData
+from augrun.data.splits import DataSplits, FileData, ImageData
 from augrun.registry import Registry
 from augrun.seeding import derive_seed
 

@@ -1,7 +1,7 @@
 """Streamed photos: what a DataLoader worker does with one file, and how a train pipeline is split between the workers
 and the device for the gpu backend.
 
-Workers decode each file at its own resolution (augrun.images.open_rgb: RGB, EXIF rotation applied), then
+Workers decode each file at its own resolution (augrun.data.decoding.open_rgb: RGB, EXIF rotation applied), then
 - cpu backend, training: the whole torchvision pipeline, as for resident images (it must bring the photo to image_size;
   the pre-check refuses one that does not);
 - gpu backend, training: only the geometric ops up to the first crop to image_size (`split_for_device`), giving uint8;

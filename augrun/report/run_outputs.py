@@ -8,7 +8,9 @@ from typing import Any
 
 from augrun import environment as env
 from augrun import rundir, signals
-from augrun.report import MetricsFiles, RunConsole, TensorBoardLog
+from augrun.report.console import RunConsole
+from augrun.report.metrics_files import MetricsFiles
+from augrun.report.trackers import TensorBoardLog
 
 # A CPU run projected to take longer than this is told so once, with faster settings (the default ResNet-18 on
 # CIFAR-10 runs ~20 images/s on 2 cores: about 7 hours). Read at each run, so a test can lower it.
@@ -88,7 +90,7 @@ class RunOutputs:
         self.console.epoch_row(record)
         if self.tensorboard is not None:
             self.tensorboard.log(record)
-        from augrun.curves import plot_curves  # matplotlib: imported by the rank that draws
+        from augrun.report.curves import plot_curves  # matplotlib: imported by the rank that draws
         plot_curves(records, self.run_dir / rundir.CURVES, epochs=self.epochs)
 
     def stopped(self, signum: int, where: str, records: list[dict[str, Any]], total_seconds: float) -> None:

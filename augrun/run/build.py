@@ -10,12 +10,12 @@ from torch import nn
 
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec
-from augrun.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
-from augrun.config import TrainConfig
-from augrun.data import DataSplits
-from augrun.distributed import Placement
-from augrun.models import build_model
-from augrun.optim import build_optimizer, build_scheduler
+from augrun.data.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
+from augrun.config.schema import TrainConfig
+from augrun.data.datasets import DataSplits
+from augrun.run.distributed import Placement
+from augrun.models.networks import build_model
+from augrun.models.optim import build_optimizer, build_scheduler
 from augrun.seeding import derive_seed
 
 
@@ -28,7 +28,7 @@ class BuiltRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     loss_fn: nn.Module        # per-image losses; the engine reduces them
     amp_dtype: torch.dtype | None
-    train_batches: DeviceBatches | WorkerBatches  # or augrun.streaming.StreamBatches for streamed photos
+    train_batches: DeviceBatches | WorkerBatches  # or augrun.data.streaming.StreamBatches for streamed photos
     test_batches: DeviceBatches | WorkerBatches
     steps: int                # training steps per epoch on this rank
 
@@ -69,7 +69,7 @@ def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops
     # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
     shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     if data.streamed:  # photo folders decoded per image each epoch (augrun/streaming.py)
-        from augrun.streaming import stream_sources
+        from augrun.data.streaming import stream_sources
         return stream_sources(data.train, data.test, backend=backend, train_ops=train_ops, finish_train=finish_train,
                               finish_test=finish_test, mean=mean, std=std, workers=cfg.trainer.workers,
                               eval_resize_ratio=cfg.dataset.eval_resize_ratio, drop_last=compiling, **shared)

@@ -104,7 +104,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(worker: Callable[..., Any], placement: Placement, *args: Any) -> None:
+def run_on_every_rank(worker: Callable[..., Any], placement: Placement, *args: Any) -> None:
     """Run worker(rank, world_size, device, *args) in every process of the run."""
     if under_torchrun():
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -1,11 +1,8 @@
-"""What a run shows and writes: a progress bar per epoch, a table row per epoch, the book's final lines, and the
-metrics files (metrics.jsonl, metrics.csv, summary.json) in the run directory. Only rank 0 creates one of these."""
+"""What a run shows on its console: a progress bar per epoch, a table row per epoch, the book's final lines. Only rank 0
+creates one."""
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,80 +10,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from augrun import rundir
-from augrun.files import write_text_atomic
+from augrun.report.metrics_files import metric_fields
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "examples_per_s"]
-OPTIONAL_FIELDS = {"test_acc_tta": "test_acc"}  # logged only when enabled (trainer.tta), placed after the named field
 COLUMNS = {"epoch": "{:d}", "train_loss": "{:.4f}", "train_acc": "{:.4f}", "test_acc": "{:.4f}", "test_acc_tta": "{:.4f}",
            "lr": "{:.3g}", "seconds": "{:.1f}", "examples_per_s": "{:.1f}"}
 # each row is printed as its own table, so a column's width must not depend on its value: lr can print as 3.16e-05
 MIN_WIDTH = {"lr": 8}
-
-
-def metric_fields(record: dict[str, Any]) -> list[str]:
-    """The fields of a metrics record, in file and table order."""
-    fields = list(METRIC_FIELDS)
-    for name, after in OPTIONAL_FIELDS.items():
-        if name in record:
-            fields.insert(fields.index(after) + 1, name)
-    return fields
-
-
-class MetricsFiles:
-    """metrics.jsonl gets one line per epoch (appended, so a resumed run continues it); metrics.csv mirrors it."""
-
-    def __init__(self, run_dir: Path):
-        self.jsonl = run_dir / rundir.METRICS
-        self.csv = run_dir / rundir.METRICS_CSV
-        self.summary = run_dir / rundir.SUMMARY
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.jsonl.is_file():
-            return []
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-
-    def rewrite(self, records: list[dict[str, Any]]) -> None:
-        """Rewrite both files from records (a resume drops epochs logged after the checkpoint it continues from)."""
-        write_text_atomic(self.jsonl, "".join(json.dumps(r) + "\n" for r in records))
-        self._write_csv(records)
-
-    def append(self, record: dict[str, Any], previous: list[dict[str, Any]]) -> None:
-        with open(self.jsonl, "a") as file:
-            file.write(json.dumps(record) + "\n")
-        self._write_csv(previous + [record])
-
-    def _write_csv(self, records: list[dict[str, Any]]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=metric_fields(records[0] if records else {}), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        write_text_atomic(self.csv, buffer.getvalue())
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_text_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
-
-
-class TensorBoardLog:
-    """logger=tensorboard: the per-epoch scalars as event files in the run directory (`tensorboard --logdir outputs/`)."""
-
-    def __init__(self, run_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def log(self, record: dict[str, Any]) -> None:
-        for name in metric_fields(record)[1:]:
-            if record[name] is not None:  # test metrics of an epoch without evaluation (trainer.eval_every)
-                self.writer.add_scalar(name, record[name], global_step=record["epoch"])
-        self.writer.flush()
-
-
-def check_logger(logger: str) -> None:
-    """Fail before any work when the chosen logger's package is missing."""
-    if logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        from augrun.config import ConfigError
-        raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
-                          "or logger=none")
 
 
 def shows_live_progress(console: Console) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from augrun.config import ConfigError
+from augrun.errors import ConfigError
 from augrun.registry import Registry
 
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from augrun import checkpoint, distributed
-from augrun.build import BuiltRun
-from augrun.engine import EpochState
+from augrun.run import checkpoint
+from augrun.run import distributed
+from augrun.run.build import BuiltRun
+from augrun.run.engine import EpochState
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Batches of streamed photos: DataLoader workers decode each file every epoch and run the per-image part of the
-pipeline (augrun.photos); for the gpu backend the device runs the rest on the whole batch.
+pipeline (augrun.data.photos); for the gpu backend the device runs the rest on the whole batch.
 
 The draws are those of the resident paths: an image's worker-side draws come from a generator seeded by (seed, "aug",
 epoch, index) and the device's from (seed, "aug", epoch, step, rank), so the worker count does not matter and a run
@@ -17,11 +17,11 @@ import torch
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec
 from augrun.augment.pixels import to_float
-from augrun.batches import Batch, BatchFinisher, epoch_plan, worker_batches
+from augrun.data.batches import Batch, BatchFinisher, epoch_plan, worker_batches
 from augrun.errors import DataError
-from augrun.imagedata import FileData
-from augrun.images import ImageFileError, open_rgb
-from augrun.photos import eval_transform, split_for_device, worker_transform
+from augrun.data.splits import FileData
+from augrun.data.decoding import ImageFileError, open_rgb
+from augrun.data.photos import eval_transform, split_for_device, worker_transform
 from augrun.seeding import derive_seed
 
 

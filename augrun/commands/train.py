@@ -1,7 +1,7 @@
 """One `augrun train` below its argument handling, shared by the command line (augrun.cli) and the Python API
 (augrun.api): the pre-check, Hydra's run of every job, and how each job ends.
 
-`train(command)` returns where the run or sweep went and which sweep jobs failed, or raises: UserError (bad input, found
+`execute(command)` returns where the run or sweep went and which sweep jobs failed, or raises: UserError (bad input, found
 by the pre-check), JobFailed (a single run that failed once started), signals.Stopped (SIGINT/SIGTERM). The callers say
 it their way: the command line as one line and an exit status, the API as Python exceptions.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from augrun import rundir, signals
-from augrun.compose import CommandLine, run_hydra, to_train_config
-from augrun.config import TrainConfig
+from augrun.config.compose import CommandLine, run_hydra, to_train_config
+from augrun.config.schema import TrainConfig
 from augrun.errors import INPUT_ERROR_STATUS, UserError, first_line
 
 
@@ -34,16 +34,16 @@ class JobFailed(BaseException):
 
 
 @dataclass
-class Launched:
+class TrainOutcome:
     """Where a finished `augrun train` went."""
     target: Path | None             # the run's directory or the sweep's root; None when Hydra only printed (--cfg job)
     multirun: bool
     failed: list[str] = field(default_factory=list)  # the sweep's failed jobs (their directories)
 
 
-def train(command: CommandLine) -> Launched:
+def execute(command: CommandLine) -> TrainOutcome:
     """Check every job, then run them with Hydra. A signal that stops the run carries its directory (Stopped.target)."""
-    from augrun import precheck
+    from augrun.commands import precheck
     claimed = None
     joining = precheck.check_torchrun_environment()
     if command.prints_only:
@@ -58,7 +58,7 @@ def train(command: CommandLine) -> Launched:
         stop.target = claimed  # for the caller's note on how to resume
         raise
     failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
-    return Launched(claimed, command.multirun, failed)
+    return TrainOutcome(claimed, command.multirun, failed)
 
 
 def before_hydra_runs(frame) -> bool:
@@ -81,7 +81,7 @@ def train_task(cfg: DictConfig) -> float | None:
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from augrun import trainer
+    from augrun.run import trainer
 
     flag = signals.SignalFlag.installed()
     flag.stop_at_once = None  # from here on a signal is the training loop's to act on, after its checkpoint
@@ -154,9 +154,9 @@ def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainCo
     """A failure while a SIGINT/SIGTERM is flagged is that signal's doing (a DataLoader or torch.compile worker that
     died of the signal sent to the whole group, a rank that ended before the others agreed on a step): a stop, though
     one that could not checkpoint. The run continues from its last checkpoint, if it has one."""
-    from augrun import checkpoint
-    from augrun.report import MetricsFiles
-    from augrun.outputs import summary
+    from augrun.run import checkpoint
+    from augrun.report.metrics_files import MetricsFiles
+    from augrun.report.run_outputs import summary
     if not (run_dir / checkpoint.CHECKPOINT).is_file():
         return signals.Stopped(signum, f"stopped by signal {signum} ({message}); nothing to resume")
     files = MetricsFiles(run_dir)
@@ -178,8 +178,8 @@ def _describe_failure(error: BaseException) -> tuple[str, int]:
 
 
 def _write_failure_summary(run_dir: Path, message: str) -> None:
-    from augrun.report import MetricsFiles
-    from augrun.outputs import summary
+    from augrun.report.metrics_files import MetricsFiles
+    from augrun.report.run_outputs import summary
     if not run_dir.is_dir():
         return
     files = MetricsFiles(run_dir)

@@ -1,7 +1,7 @@
 """Decode one image file into RGB/grayscale uint8 pixels, safely.
 
-`decode_image` is the only place augrun opens an image file: image-folder datasets (augrun.data) and
-``augrun preview image=...`` (augrun.preview_command) both call it, so both refuse the same files with the same words and
+`decode_image` is the only place augrun opens an image file: image-folder datasets (augrun.data.datasets) and
+``augrun preview image=...`` (augrun.commands.preview) both call it, so both refuse the same files with the same words and
 decode the same files to the same pixels. Safely means: an image above MAX_PIXELS is refused from its header, before
 its pixels are decoded (a few-KB PNG can claim gigabytes of pixels); 16-bit files are scaled to 8 bits instead of being
 clipped; EXIF rotation is applied; and every failure is an `ImageFileError` whose message is one line, naming the file

@@ -2,7 +2,7 @@
 
 `memory` decodes every image once, resized to image_size x image_size, into one uint8 tensor, cached as a .pt file in
 a cache directory (never inside the user's folder); `stream` keeps the file list, and the batch sources decode each
-image when it is used, at its own resolution (augrun.photos). `choose_storage` decides for `auto`.
+image when it is used, at its own resolution (augrun.data.photos). `choose_storage` decides for `auto`.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch
 
 from augrun.errors import DataError, printable
 from augrun.files import atomic_open
-from augrun.imagedata import DataSplits, FileData, ImageData
-from augrun.images import ImageFileError, decode_image, read_header
+from augrun.data.splits import DataSplits, FileData, ImageData
+from augrun.data.decoding import ImageFileError, decode_image, read_header
 
 STORAGE_CHOICES = ("auto", "memory", "stream")
 # auto keeps images in memory only when they are about image_size already: within this factor of it, both ways

@@ -1,0 +1,30 @@
+"""Trackers a run logs to beside its own files (`logger=`): TensorBoard's event files. Each is optional: its package is
+an extra, checked before any work."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from augrun.errors import ConfigError
+from augrun.report.metrics_files import metric_fields
+
+class TensorBoardLog:
+    """logger=tensorboard: the per-epoch scalars as event files in the run directory (`tensorboard --logdir outputs/`)."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        for name in metric_fields(record)[1:]:
+            if record[name] is not None:  # test metrics of an epoch without evaluation (trainer.eval_every)
+                self.writer.add_scalar(name, record[name], global_step=record["epoch"])
+        self.writer.flush()
+
+
+def check_logger(logger: str) -> None:
+    """Fail before any work when the chosen logger's package is missing."""
+    if logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
+                          "or logger=none")
