@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from augrun import rundir, signals
-from augrun.config.compose import HYDRA_FLAGS, parse_command_line
+from augrun.config.command_line import HYDRA_FLAGS, override_key, parse_command_line, split_argv
 from augrun.errors import UserError
 from augrun.compare.results import Comparison, Run, Sweep, load  # load: a Run or Sweep from its directory
 
@@ -78,11 +78,10 @@ def preview(*overrides: str) -> Image:
     when `out=...` is given."""
     from PIL import Image as PILImage
 
-    from augrun.config.compose import split_argv
     from augrun.commands.preview import draw_preview
 
     plain, flags = split_argv(_strings(overrides))
-    writes_out = any(override.split("=", 1)[0].lstrip("+~") == "out" for override in plain)
+    writes_out = any(override_key(override) == "out" for override in plain)
     with _one_call_at_a_time("preview"), tempfile.TemporaryDirectory(prefix="augrun-preview-") as folder:
         _, path = draw_preview(plain, flags, out=None if writes_out else Path(folder) / "preview.png")
         picture = PILImage.open(path)
@@ -147,7 +146,7 @@ def _stop_message(stop: signals.Stopped, function: str, overrides: tuple[str, ..
     if target is None or not _resumable(target):
         return stop.note or signals.before_training_note(stop.signum)
     key = DIRECTORY_KEYS[function]
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") not in (key, "resume")]
+    kept = [o for o in overrides if override_key(o) not in (key, "resume")]
     call = ", ".join(repr(o) for o in [*kept, f"{key}={os.path.abspath(target)}", "resume=true"])
     what = "the run" if function == "train" else "the sweep"
     return f"stopped by signal {stop.signum}; {what}'s checkpoint is kept. Resume with: augrun.{function}({call})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from augrun.config.compose import parse_command_line
+from augrun.config.command_line import parse_command_line
 from augrun.config.schema import register_schemas
 from augrun.errors import UserError, fail
 

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from augrun.commands import precheck
-from augrun.config.compose import parse_command_line
+from augrun.config.command_line import parse_command_line
 from augrun.config.schema import register_schemas
 from augrun.errors import UserError
 

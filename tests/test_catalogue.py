@@ -19,7 +19,8 @@ from augrun.augment.cpu import ToTensor, build_train_transform
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline, resolve_backend
 from augrun.data.batches import BatchFinisher
 from augrun.cli import main
-from augrun.config.compose import run_hydra, to_train_config
+from augrun.config.command_line import run_hydra
+from augrun.config.compose import to_train_config
 from augrun.errors import ConfigError
 from augrun.run.build import gpu_batch_op
 from helpers import compose_train, read_metrics
@@ -282,5 +283,6 @@ def test_aug_ablation_sweeps_five_pipelines_times_three_seeds(tmp_path: Path, mo
 
 
 def test_precheck_sees_every_job_of_the_ablation_sweep():
-    from augrun.config.compose import expand_jobs, parse_command_line
+    from augrun.config.command_line import parse_command_line
+    from augrun.config.compose import expand_jobs
     assert len(expand_jobs(parse_command_line(["-m", "experiment=aug_ablation"]))) == 15

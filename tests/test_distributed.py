@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from augrun.config.compose import compose, parse_command_line
+from augrun.config.command_line import parse_command_line
+from augrun.config.compose import compose
 from helpers import SMOKE, read_metrics, run_augrun
 
 TRAIN_SIZE = 320  # experiment=smoke

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from augrun.commands import precheck
-from augrun.config.compose import parse_command_line
+from augrun.config.command_line import parse_command_line
 from augrun.errors import CheckpointError, CompareError, ConfigError, DataError, RunDirError, UserError
 from helpers import SMOKE, assert_user_error, make_image_folder, refusal, run_augrun, snapshot
 

@@ -12,7 +12,7 @@ from augrun.commands import precheck
 from augrun.augment import gpu
 from augrun.augment.catalogue import catalogue, describe, example_yaml, override_example
 from augrun.augment.ops import (BATCH_NAMES, REGISTRY, TRAIN_NAMES, parse_batch_pipeline, parse_train_pipeline)
-from augrun.config.compose import parse_command_line
+from augrun.config.command_line import parse_command_line
 from augrun.errors import ConfigError
 from augrun.commands.ops import ops_command
 from helpers import SMOKE, assert_user_error, refusal, run_augrun

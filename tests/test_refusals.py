@@ -22,7 +22,8 @@ from augrun.run import dryrun
 from augrun.commands import precheck
 from augrun.augment.gpu import GPU_OPS
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline
-from augrun.config.compose import parse_command_line, to_train_config
+from augrun.config.command_line import parse_command_line
+from augrun.config.compose import to_train_config
 from augrun.errors import UserError
 from helpers import SMOKE, assert_user_error, compose_train, read_metrics, refusal, run_augrun, snapshot, without_timing
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from augrun.config.compose import expand_jobs, parse_command_line
+from augrun.config.command_line import parse_command_line
+from augrun.config.compose import expand_jobs
 from helpers import SMOKE, read_metrics, refusal, run_augrun
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

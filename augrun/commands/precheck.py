@@ -13,7 +13,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
-from augrun.config.compose import CommandLine, compose, expand_jobs, to_train_config
+from augrun.config.command_line import CommandLine
+from augrun.config.compose import compose, expand_jobs, to_train_config
 from augrun.config.schema import TrainConfig
 from augrun.errors import UserError, printable
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from augrun import rundir, signals
-from augrun.config.compose import CommandLine, run_hydra, to_train_config
+from augrun.config.command_line import CommandLine, run_hydra
+from augrun.config.compose import to_train_config
 from augrun.config.schema import TrainConfig
 from augrun.errors import INPUT_ERROR_STATUS, UserError, first_line
 

@@ -1,151 +1,20 @@
-"""The command line as Hydra will read it (flags, overrides, config search path), composed the way Hydra will compose it,
-and Hydra's errors said in one line naming the key, override or flag.
+"""Each job's config composed the way Hydra will compose it (the same search path, primary config and overrides), the
+jobs a sweep will run, and the composed config typed and range-checked.
 
-The pre-check composes every job with this module before Hydra runs anything, so both must agree exactly: the same
-search path (`--config-path`, `--config-dir`), the same primary config (`--config-name`), the same overrides.
+The pre-check composes every job with this module before Hydra runs anything, so both must agree exactly.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
-import sys
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
+from augrun.config.command_line import CONFIG_MODULE, CommandLine
+from augrun.config.hydra_errors import (describe_composition_error, describe_parse_error, explain_omegaconf,
+                                        mapping_form)
 from augrun.config.schema import TrainConfig, check_ranges, register_schemas
-from augrun.errors import ConfigError
-from augrun.errors import UserError, first_line
-
-CONFIG_MODULE = "augrun.conf"
-# Hydra's own flags (`augrun train --help` lists them), with the values each accepts: None = no value, () = any value
-HYDRA_FLAGS: dict[str, tuple[str, ...] | None] = {
-    "--multirun": None, "-m": None, "--help": None, "-h": None, "--hydra-help": None, "--version": None,
-    "--resolve": None, "--run": None, "-r": None,
-    "--cfg": ("job", "hydra", "all"), "-c": ("job", "hydra", "all"), "--package": (), "-p": (),
-    "--config-path": (), "-cp": (), "--config-name": (), "-cn": (), "--config-dir": (), "-cd": (),
-    "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
-    "-i": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"),
-    "--shell-completion": (), "-sc": (), "--experimental-rerun": (),
-}
-OPTIONAL_VALUE = {"--info", "-i"}  # `--info` alone means `--info all`
-# flags that print something and run nothing: the pre-check leaves them to Hydra
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
-# what Hydra does with the command: one of these at most (it raises a ValueError traceback for two)
-EXCLUSIVE_MODES = {"--run", "--multirun", "--cfg", "--info", "--shell-completion"}
-ALIASES = {"-m": "--multirun", "-cp": "--config-path", "-cn": "--config-name", "-cd": "--config-dir", "-r": "--run",
-           "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion", "-p": "--package", "-h": "--help"}
-# Hydra plugins augrun knows: their options appear once the optional extra is installed
-PLUGINS = {"hydra/sweeper": "optuna: pip install 'augrun[optuna]'",
-           "hydra/launcher": "joblib, submitit_slurm: pip install 'augrun[joblib]' or 'augrun[slurm]'"}
-# config keys that take a mapping, and the form to show when given something else
-MAPPING_FORMS = {
-    "aug.train": "a mapping of op name to its arguments in application order, e.g. "
-                 "aug.train='{RandomHorizontalFlip: {p: 0.5}}' (in an aug YAML: `train:` then `  RandomHorizontalFlip: {p: 0.5}`)",
-    "aug.batch": "a mapping of batch op name to its arguments, e.g. aug.batch='{MixUp: {alpha: 0.2}}'",
-}
-
-
-@dataclass
-class CommandLine:
-    """A Hydra command line: overrides, and flags with their values (config paths made absolute from the cwd)."""
-    overrides: list[str]
-    flags: dict[str, str | None] = field(default_factory=dict)
-
-    @property
-    def multirun(self) -> bool:
-        return "--multirun" in self.flags
-
-    @property
-    def prints_only(self) -> bool:
-        return bool(set(self.flags) & INFO_FLAGS)
-
-    @property
-    def config_name(self) -> str:
-        return self.flags.get("--config-name") or "train"
-
-    def hydra_argv(self, extra_overrides: list[str] = ()) -> list[str]:
-        argv = []
-        for flag, value in self.flags.items():
-            argv += [flag] if value is None else [flag, value]
-        return argv + self.overrides + list(extra_overrides)
-
-
-def parse_command_line(argv: list[str], flags_allowed: dict[str, tuple[str, ...] | None] = HYDRA_FLAGS) -> CommandLine:
-    """Split argv into flags and overrides; an unknown flag or a missing value is one line, not argparse's usage page."""
-    command = CommandLine([])
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if not arg.startswith("-"):
-            command.overrides.append(arg)
-            continue
-        flag, has_inline, inline = arg.partition("=")
-        if flag not in flags_allowed:
-            raise UserError(flag, f"unknown flag; valid: {', '.join(f for f in flags_allowed if f.startswith('--'))} "
-                            "(augrun train --help)")
-        accepted = flags_allowed[flag]
-        value = None
-        if accepted is not None:
-            if has_inline:
-                value = inline
-            elif args and not args[0].startswith("-") and (flag not in OPTIONAL_VALUE or args[0] in accepted):
-                value = args.pop(0)
-            elif flag not in OPTIONAL_VALUE:
-                shown = f"one of {', '.join(accepted)}" if accepted else "a value"
-                raise UserError(flag, f"needs {shown}, e.g. {flag} {accepted[0] if accepted else '<value>'}")
-            if value is not None and accepted and value not in accepted:
-                raise UserError(flag, f"got {value!r}; valid: {', '.join(accepted)}")
-        command.flags[ALIASES.get(flag, flag)] = _absolute_dir(flag, value)
-    modes = [flag for flag in command.flags if flag in EXCLUSIVE_MODES]
-    if len(modes) > 1:
-        raise UserError(modes[1], f"cannot go with {modes[0]}; valid: one of {', '.join(sorted(EXCLUSIVE_MODES))}")
-    return command
-
-
-def _absolute_dir(flag: str, value: str | None) -> str | None:
-    """Config directories, made absolute from where augrun was started: Hydra would read a relative --config-path
-    from augrun's installed package, and the pre-check must look where Hydra looks."""
-    if flag not in ("--config-path", "-cp", "--config-dir", "-cd") or value is None or value.startswith("pkg://"):
-        return value
-    path = Path(value).expanduser().absolute()
-    if not path.is_dir():
-        raise UserError(flag, f"{value} is not a directory; valid: a folder of Hydra configs")
-    return str(path)
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], set[str]]:
-    """Overrides and flags of a Hydra command line (augrun preview's; train parses with compose.parse_command_line)."""
-    overrides, flags = [], set()
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            flags.add(arg)
-            skip = HYDRA_FLAGS.get(arg) is not None and arg not in OPTIONAL_VALUE
-        else:
-            overrides.append(arg)
-    return overrides, flags
-
-
-def run_hydra(task, config_name: str, argv: list[str]) -> None:
-    import hydra
-    from hydra.core.global_hydra import GlobalHydra
-    # Hydra reads sys.argv: the caller's is put back, and Hydra's global state cleared, for a Python caller (Jupyter)
-    caller_argv = sys.argv
-    sys.argv = [sys.argv[0]] + argv
-    try:
-        hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")(task)()
-    finally:
-        sys.argv = caller_argv
-        GlobalHydra.instance().clear()
-
-
-# --- composing as Hydra will ------------------------------------------------------------------------------------------
+from augrun.errors import ConfigError, UserError, first_line
 
 def compose(command: CommandLine, overrides: list[str], *, blame: bool = True) -> DictConfig:
     """The config of one job, with its `hydra` node, from the command's search path and primary config.
@@ -197,15 +66,10 @@ def _misshapen_section(hydra, error: BaseException) -> str | None:
     group = name.rpartition("/")[0].replace("/", ".") if loaded.header.get("package") != "_global_" else ""
     for key, value in OmegaConf.to_container(loaded.config, resolve=False).items():
         dotted = f"{group}.{key}" if group else str(key)
-        form = _mapping_form(dotted)
+        form = mapping_form(dotted)
         if form and not isinstance(value, dict):
             return f"{dotted} (in {name}.yaml): must be {form}"
     return None
-
-
-def describe_parse_error(error: BaseException) -> str:
-    return (f"not a valid override ({' '.join(first_line(error).split())}); valid: key=value, with values "
-            "that hold spaces, commas, brackets or non-ASCII characters quoted: key='a value'")
 
 
 def _culprit(command: CommandLine, overrides: list[str]) -> str | None:
@@ -277,8 +141,6 @@ def sample_jobs(parsed) -> list[list[str]]:
     return jobs
 
 
-# --- the composed config as plain, checked values -------------------------------------------------------------------
-
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """The composed config as the typed dataclass, range-checked. Hydra already checked keys and types."""
     plain = OmegaConf.to_container(cfg, resolve=False)
@@ -287,64 +149,6 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(plain)))
     except Exception as error:  # an interpolation that cannot resolve, a value that does not fit its type
         key = getattr(error, "full_key", "") or ""
-        raise ConfigError(key, _explain_omegaconf(error) if key else first_line(error)) from None
+        raise ConfigError(key, explain_omegaconf(error) if key else first_line(error)) from None
     check_ranges(typed)
     return typed
-
-
-def describe_composition_error(error: BaseException, schema_fields=None, culprit=None) -> str:
-    """Hydra's composition errors span several lines; say the same in one, naming the key and what is valid.
-
-    `schema_fields(dotted_section)` lists the valid keys of a section (default: the train schema's); `culprit()` finds
-    the override to blame when the error names no key.
-    """
-    from hydra.errors import MissingConfigException
-    if isinstance(error, MissingConfigException):
-        if error.options is not None and error.missing_cfg_file:
-            group, _, choice = error.missing_cfg_file.rpartition("/")
-            extra = f" ({PLUGINS[group]})" if group in PLUGINS else ""
-            return f"{group}={choice}: unknown option; valid: {', '.join(sorted(error.options))}{extra}"
-        if "primary config" in str(error):
-            return (f"--config-name: {first_line(error)}; valid: train (augrun's), or the name of a YAML in "
-                    "--config-path or --config-dir")
-    cause = error.__cause__ or error.__context__
-    while cause is not None and not hasattr(cause, "full_key") and (cause.__cause__ or cause.__context__):
-        cause = cause.__cause__ or cause.__context__
-    if cause is not None and getattr(cause, "full_key", None):
-        return f"{cause.full_key}: {_explain_omegaconf(cause, schema_fields or _schema_fields)}"
-    text = " ".join(str(error).split())
-    override = culprit() if culprit is not None else None
-    return f"{override}: {text}" if override else text
-
-
-def _explain_omegaconf(error: BaseException, schema_fields=None) -> str:
-    if type(error).__name__ == "MissingMandatoryValue":
-        return f"required, and not set; valid: {error.full_key}=<value> on the command line"
-    key = error.full_key
-    parent, _, name = key.rpartition(".")
-    valid = (schema_fields or _schema_fields)(parent)
-    if valid and name not in valid:
-        return f"unknown key; valid keys here: {', '.join(valid)}"
-    form = _mapping_form(key)
-    if form and any(s in str(error) for s in ("ListConfig", "Cannot assign", "object_type", "Cannot merge")):
-        return f"must be {form}"
-    return first_line(error)
-
-
-def _mapping_form(dotted: str) -> str | None:
-    """How to write the schema section or mapping field at a dotted key, or None if it is neither."""
-    if dotted in MAPPING_FORMS:
-        return MAPPING_FORMS[dotted]
-    fields = _schema_fields(dotted)
-    return f"a mapping with the keys {', '.join(fields)}" if fields else None
-
-
-def _schema_fields(dotted: str) -> list[str]:
-    """Field names of the schema section at a dotted key ('' = top level), or [] where the schema is free-form."""
-    cls = TrainConfig
-    for part in filter(None, dotted.split(".")):
-        hints = typing.get_type_hints(cls)
-        if part not in hints or not dataclasses.is_dataclass(hints[part]):
-            return []
-        cls = hints[part]
-    return [f.name for f in dataclasses.fields(cls)]

@@ -3,7 +3,6 @@ creates one."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
