@@ -82,6 +82,16 @@ def device_names(device_kind: str, gpu_indices: tuple[int, ...]) -> list[str]:
     return ["cpu: " + cpu_model()]
 
 
+def augrun_version() -> str:
+    """augrun's version, from its installed metadata: pyproject.toml is the one source. A source tree used through
+    PYTHONPATH without being installed has none."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("augrun")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def gather(*, device_kind: str, gpu_indices: tuple[int, ...] = (), threads: int, command: str,
            cwd: Path | None = None) -> dict[str, Any]:
     """The environment block, stamped with the start time; `finished` adds the end time. `command`: command_line() of
@@ -89,14 +99,12 @@ def gather(*, device_kind: str, gpu_indices: tuple[int, ...] = (), threads: int,
     import torch
     import torchvision
 
-    import augrun
-
     try:
         cudnn = torch.backends.cudnn.version()
     except RuntimeError:  # a broken cuDNN install: the run itself may not need it
         cudnn = None
     return {
-        "augrun": augrun.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "augrun": augrun_version(), "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": torchvision.__version__, "cuda": torch.version.cuda, "cudnn": cudnn,
         "devices": device_names(device_kind, gpu_indices), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "threads": threads, "hostname": platform.node(), **git_state(cwd or Path.cwd()),

@@ -316,13 +316,13 @@ def test_an_unknown_flag_exits_2_with_one_line(workdir: Path):
 ])
 def test_a_partial_or_malformed_torchrun_environment_is_refused(env, expected):
     with pytest.raises(UserError) as caught:
-        precheck.check_torchrun_environment(env)
+        launchers.group_member(env)
     assert str(caught.value).startswith(expected)
 
 
 def test_torchrun_environment_is_recognised_when_complete():
-    assert precheck.check_torchrun_environment({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29500"})
-    assert not precheck.check_torchrun_environment({})
+    assert launchers.group_member({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}).rank == 1
+    assert launchers.group_member({}) is None
 
 
 def test_an_inherited_rank_exits_2_instead_of_training_into_a_temporary_directory(workdir: Path):

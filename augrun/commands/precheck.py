@@ -3,12 +3,17 @@ before Hydra runs anything, so that bad input costs seconds, exits 2 with one li
 
 Order matters: the checks that need no torch come first (a typo answers before torch loads); directories are claimed
 last, once everything else has passed, so a refused command creates none.
+
+What it checked is the job's plan: each Job carries its prepared run (data loaded, pipeline parsed, devices resolved),
+which the job itself takes over when Hydra runs it in this process instead of preparing again.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,17 +23,32 @@ from augrun.config.compose import compose, expand_jobs, to_train_config
 from augrun.config.schema import TrainConfig
 from augrun.errors import UserError, printable
 
-# torchrun's variables: augrun joins a group only when all of the first four are there
-TORCHRUN_REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-TORCHRUN_MARKERS = TORCHRUN_REQUIRED + ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "GROUP_RANK")
+if TYPE_CHECKING:
+    from augrun.run.trainer import Prepared
 
 
 @dataclass
 class Job:
+    """One job of the command, checked: where it writes, where it stands, and its prepared run."""
     number: int
-    typed: TrainConfig
+    composed: TrainConfig       # the config as composed, which Hydra's own composition of the job must equal
     run_dir: Path
-    progress: str = "new"  # rundir.job_progress, for a resumed sweep
+    progress: str = "new"       # in a resumed sweep: "completed" (kept), "interrupted" (continued) or "new"
+    prepared: Prepared | None = None  # None for a completed job, which does not run again
+    notes: list[str] = field(default_factory=list)  # warnings, said when the job starts
+
+    @property
+    def typed(self) -> TrainConfig:
+        """The config the job runs with: a job of a resumed sweep that never started has nothing to resume."""
+        return replace(self.composed, resume=False) if self.progress == "new" and self.composed.resume else self.composed
+
+
+@dataclass
+class CheckedCommand:
+    """What the pre-check hands to Hydra and to the jobs."""
+    hydra_argv: list[str]   # with the claimed directory pinned in it
+    claimed: Path           # the run's directory, or the sweep's root
+    jobs: list[Job]
 
 
 @dataclass
@@ -40,34 +60,8 @@ class Target:
     from_clock: bool   # named by ${now:...}: another run may take the same name in the same second
 
 
-def check_torchrun_environment(env=os.environ) -> bool:
-    """True when this process is a rank of a torchrun group; an incomplete or malformed set of torchrun's variables
-    (a stray RANK inherited from a shell) is refused instead of silently training as a rank."""
-    present = [name for name in TORCHRUN_MARKERS if name in env]
-    if not present:
-        return False
-    missing = [name for name in TORCHRUN_REQUIRED if name not in env]
-    if missing:
-        raise UserError(present[0], f"set in the environment, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
-                        f" not; augrun joins a torchrun group only with all of {', '.join(TORCHRUN_REQUIRED)}; valid: "
-                        f"start it with torchrun, or unset {', '.join(present)}")
-    numbers = {}
-    for name in ("RANK", "WORLD_SIZE", "MASTER_PORT") + (("LOCAL_RANK",) if "LOCAL_RANK" in env else ()):
-        value = env[name]
-        if not value.strip().isdigit():
-            raise UserError(name, f"got {value!r}; valid: a non-negative integer (as torchrun sets it)")
-        numbers[name] = int(value)
-    if not numbers["RANK"] < numbers["WORLD_SIZE"]:
-        raise UserError("RANK", f"got {numbers['RANK']} with WORLD_SIZE={numbers['WORLD_SIZE']}; valid: 0 <= RANK < "
-                        "WORLD_SIZE")
-    if not 0 < numbers["MASTER_PORT"] < 65536:
-        raise UserError("MASTER_PORT", f"got {numbers['MASTER_PORT']}; valid: a port 1..65535")
-    return True
-
-
-def precheck_train(command: CommandLine, *, visible_gpus, warn) -> tuple[list[str], Path]:
-    """Check every job of `augrun train`; return the argv for Hydra, with the claimed directory pinned in it, and that
-    directory (the run's, or the sweep's root)."""
+def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> CheckedCommand:
+    """Check and prepare every job of `augrun train`, then claim its directory."""
     jobs_overrides = expand_jobs(command)
     configs = [compose(command, overrides) for overrides in jobs_overrides]
     target = _target(configs[0], command.multirun)
@@ -80,16 +74,31 @@ def precheck_train(command: CommandLine, *, visible_gpus, warn) -> tuple[list[st
     _check_distinct(jobs, target)
 
     # the checks above need no torch; importing it takes seconds, so a typo is reported before that
-    from augrun.run import trainer
+    loaded: dict = {}  # the datasets this command loaded, by their arguments: a sweep's jobs share one copy
     for job in jobs:
-        if job.progress == "completed":  # kept as it is; it must still be the same experiment
-            trainer.load_resume_state(job.run_dir, trainer.comparable_config(job.typed))
-            continue
-        # loads (downloads) the data too: load_dataset is memoised, so the run itself reuses this copy
-        trainer.prepare(job.typed, job.run_dir, visible_gpus=visible_gpus(), warn=warn, job_num=job.number,
-                        rehearse=True)
+        prepare_job(job, visible_gpus=visible_gpus(), loaded=loaded, rehearse=True, warn=job.notes.append)
     claimed = rundir.claim(target.path, target.key, kind=target.kind, resume=resume, may_rename=target.from_clock)
-    return command.hydra_argv([f"{target.key}={quote_override_value(str(claimed))}"]), claimed
+    return CheckedCommand(command.hydra_argv([f"{target.key}={quote_override_value(str(claimed))}"]), claimed, jobs)
+
+
+def new_job(number: int, composed: TrainConfig, run_dir: Path, *, multirun: bool) -> Job:
+    """A job and where it stands: in a resumed sweep, finished jobs are kept, interrupted ones continue, the others
+    start."""
+    job = Job(number, composed, run_dir)
+    if multirun and composed.resume:
+        job.progress = rundir.job_progress(run_dir)
+    return job
+
+
+def prepare_job(job: Job, *, visible_gpus: int, loaded: dict | None, rehearse: bool, warn: Callable[[str], None]) -> Job:
+    """Everything the job needs to run, checked; a completed job only has to be the same experiment."""
+    from augrun.run import trainer
+    if job.progress == "completed":
+        trainer.check_resume(job.run_dir, job.typed)
+    else:
+        job.prepared = trainer.prepare(job.typed, job.run_dir, visible_gpus=visible_gpus, warn=warn,
+                                       job_num=job.number, rehearse=rehearse, loaded=loaded)
+    return job
 
 
 def _target(cfg: DictConfig, multirun: bool) -> Target:
@@ -102,16 +111,9 @@ def _target(cfg: DictConfig, multirun: bool) -> Target:
 
 
 def _job(number: int, cfg: DictConfig, target: Target, multirun: bool) -> Job:
-    typed = to_train_config(cfg)
     run_dir = _job_dir(cfg, number, target) if multirun else target.path
     _check_output_subdir(cfg, run_dir)
-    job = Job(number, typed, run_dir)
-    if multirun and typed.resume:
-        # a resumed sweep: finished jobs are kept, interrupted ones continue, the others start
-        job.progress = rundir.job_progress(run_dir)
-        if job.progress == "new":
-            job.typed = replace(typed, resume=False)
-    return job
+    return new_job(number, to_train_config(cfg), run_dir, multirun=multirun)
 
 
 def _job_dir(cfg: DictConfig, number: int, target: Target) -> Path:

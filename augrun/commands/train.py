@@ -10,7 +10,6 @@ No torch import at module level: the command line reports a typo before torch lo
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,17 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from augrun import rundir, signals
+from augrun.commands import precheck
+from augrun.run import launchers
 from augrun.config.command_line import CommandLine, run_hydra
 from augrun.config.compose import to_train_config
 from augrun.config.schema import TrainConfig
 from augrun.errors import INPUT_ERROR_STATUS, UserError, first_line
+
+
+# The pre-check's jobs, by number, while Hydra runs them: a job Hydra runs in this process (the basic launcher) takes
+# its plan over instead of preparing again. Jobs in other processes (joblib, submitit) prepare themselves.
+_PLANNED: dict[int, precheck.Job] = {}
 
 
 class JobFailed(BaseException):
@@ -44,20 +50,23 @@ class TrainOutcome:
 
 def execute(command: CommandLine) -> TrainOutcome:
     """Check every job, then run them with Hydra. A signal that stops the run carries its directory (Stopped.target)."""
-    from augrun.commands import precheck
     claimed = None
-    joining = precheck.check_torchrun_environment()
+    member = launchers.group_member()
     if command.prints_only:
         hydra_argv = command.hydra_argv()
-    elif joining and os.environ["RANK"] != "0" and not command.multirun:
+    elif member is not None and not member.writes and not command.multirun:
         hydra_argv = _joining_rank_argv(command)  # rank 0 checks and writes; the others only join
     else:
-        hydra_argv, claimed = precheck.precheck_train(command, visible_gpus=_visible_gpus, warn=lambda message: None)
+        checked = precheck.precheck_train(command, visible_gpus=_visible_gpus)
+        hydra_argv, claimed = checked.hydra_argv, checked.claimed
+        _PLANNED.update({job.number: job for job in checked.jobs})
     try:
         run_hydra(train_task, "train", hydra_argv)
     except signals.Stopped as stop:
         stop.target = claimed  # for the caller's note on how to resume
         raise
+    finally:
+        _PLANNED.clear()
     failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
     return TrainOutcome(claimed, command.multirun, failed)
 
@@ -79,7 +88,6 @@ def before_hydra_runs(frame) -> bool:
 def train_task(cfg: DictConfig) -> float | None:
     """One job. Returns its final test accuracy, the objective a searching sweeper (Optuna) maximises; NaN for a
     failed sweep job, which such a sweeper records as a failed trial."""
-    import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from augrun.run import trainer
@@ -94,17 +102,14 @@ def train_task(cfg: DictConfig) -> float | None:
     try:
         if flag.signum is not None:  # received while Hydra set this job up, or between two sweep jobs: start no more
             raise signals.Stopped(flag.signum, signals.before_training_note(flag.signum))
-        typed = to_train_config(cfg)
-        job_num = hydra_cfg.job.num if multirun else 0
-        if multirun and typed.resume:  # a resumed sweep: keep finished jobs, continue interrupted ones, start the rest
-            progress = rundir.job_progress(run_dir)
-            if progress == "completed":
-                print(f"augrun: job {job_num} completed before; kept as it is", file=sys.stderr)
-                return _objective(run_dir)
-            if progress == "new":
-                typed = dataclasses.replace(typed, resume=False)
-        prepared = trainer.prepare(typed, run_dir, visible_gpus=torch.cuda.device_count(), warn=_warn, job_num=job_num)
-        trainer.run(prepared)
+        job = _job(hydra_cfg.job.num if multirun else 0, to_train_config(cfg), run_dir, multirun)
+        typed = job.typed
+        if job.progress == "completed":
+            print(f"augrun: job {job.number} completed before; kept as it is", file=sys.stderr)
+            return _objective(run_dir)
+        for note in job.notes:
+            _warn(note)
+        trainer.run(dataclasses.replace(job.prepared, run_dir=run_dir))
         return _objective(run_dir)
     except signals.Stopped as stop:
         stopped = stop
@@ -125,6 +130,16 @@ def train_task(cfg: DictConfig) -> float | None:
     # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
     print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
     return float("nan")
+
+
+def _job(number: int, composed: TrainConfig, run_dir: Path, multirun: bool) -> precheck.Job:
+    """The pre-check's plan of this job, when it made one in this process for this very config; otherwise (a job in
+    another process, a search's trial between the values the pre-check tried, a joining rank) its checks run here."""
+    planned = _PLANNED.pop(number, None)
+    if planned is not None and planned.composed == composed:
+        return planned
+    job = precheck.new_job(number, composed, run_dir, multirun=multirun)
+    return precheck.prepare_job(job, visible_gpus=_visible_gpus(), loaded=None, rehearse=False, warn=_warn)
 
 
 def _objective(run_dir: Path) -> float | None:

@@ -7,7 +7,6 @@ folders are decoded once and cached in a cache directory, or streamed.
 """
 from __future__ import annotations
 
-import functools
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,6 @@ class DatasetRequest:
     cache_dir: Path | None = None      # image folders in memory: where the decoded copy is cached
 
 
-@functools.lru_cache(maxsize=2)  # the launcher checks the data before Hydra starts, then trains on the same copy
 def load_dataset(name: str, root: str, *, download: bool = True, image_size: int = 32, channels: int = 3,
                  num_classes: int = 10, train_size: int | None = None, test_size: int | None = None,
                  storage: str = "auto", cache_dir: str | None = None, memory_limit_gb: float = 4.0) -> DataSplits:

@@ -1,7 +1,7 @@
 """Devices and processes: which devices a run uses, one process per device (DDP), and the collectives it needs.
 
-augrun starts its own processes (torch.multiprocessing.spawn) for a plain `augrun train` on several devices; under
-torchrun (RANK set in the environment) it starts nothing and joins the group torchrun made, which is how multi-node
+augrun starts its own processes (torch.multiprocessing.spawn) for a plain `augrun train` on several devices; in a
+launcher's group (augrun.run.launchers: torchrun) it starts nothing and joins the group the launcher made, which is how multi-node
 runs work. With one process every collective here is the identity, so single-device code pays nothing.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from augrun import signals
+from augrun.run import launchers
 from augrun.errors import INPUT_ERROR_STATUS, ConfigError, UserError
 
 
@@ -35,10 +36,15 @@ class Placement:
     nprocs: int
     strategy: str             # "ddp", "dp" or "single"
 
+    def device(self, index: int) -> torch.device:
+        """The device of the process with this index among the run's processes on this machine (its rank, or under a
+        launcher its local rank): the one rule for which GPU a process takes."""
+        return torch.device(f"cuda:{self.gpu_indices[index]}") if self.kind == "cuda" else torch.device("cpu")
+
     def device_names(self) -> list[str]:
         if self.kind == "cpu":
             return ["cpu"] * self.nprocs
-        if under_torchrun():  # a multi-node group: name devices by rank, the indices are each node's own
+        if launchers.group_member() is not None:  # a multi-node group: name devices by rank, each node has its own
             return [f"rank{r}:cuda" for r in range(self.nprocs)]
         return [f"cuda:{i}" for i in self.gpu_indices]
 
@@ -47,11 +53,12 @@ def resolve_devices(devices: Any, *, nprocs: int | None, strategy: str, visible_
                     job_num: int = 0) -> Placement:
     """Turn trainer.devices / nprocs / strategy into a placement, or a ConfigError naming what would be valid.
 
-    Under torchrun the group's size is torchrun's: every process is one rank on one device.
+    In a launcher's group (torchrun) the group's size is the launcher's: every process is one rank on one device.
     """
     placement = _resolve(devices, nprocs=nprocs, strategy=strategy, visible_gpus=visible_gpus, job_num=job_num)
-    if under_torchrun():
-        world = int(os.environ["WORLD_SIZE"])
+    member = launchers.group_member()
+    if member is not None:
+        world = member.world_size
         return Placement(placement.kind, placement.gpu_indices, world, "ddp" if world > 1 else "single")
     return placement
 
@@ -94,10 +101,6 @@ def _resolve(devices: Any, *, nprocs: int | None, strategy: str, visible_gpus: i
     return Placement("cuda", indices, len(indices), "ddp" if len(indices) > 1 else "single")
 
 
-def under_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,19 +109,15 @@ def _free_port() -> int:
 
 def run_on_every_rank(worker: Callable[..., Any], placement: Placement, *args: Any) -> None:
     """Run worker(rank, world_size, device, *args) in every process of the run."""
-    if under_torchrun():
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        device = torch.device(f"cuda:{placement.gpu_indices[local_rank]}") if placement.kind == "cuda" \
-            else torch.device("cpu")
-        _run_in_group(worker, rank, world, device, args)
+    member = launchers.group_member()
+    if member is not None:
+        _run_in_group(worker, member.rank, member.world_size, placement.device(member.local_rank), args)
     elif placement.nprocs > 1:
         # the address goes to the ranks, not into this process's environment: there it would read as half a torchrun
         # set-up to the next run of a notebook's kernel
         _spawn_and_join(worker, placement, args, init_method=f"tcp://127.0.0.1:{_free_port()}")
     else:
-        device = torch.device(f"cuda:{placement.gpu_indices[0]}") if placement.kind == "cuda" else torch.device("cpu")
-        worker(0, 1, device, *args)
+        worker(0, 1, placement.device(0), *args)
 
 
 def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tuple, *, init_method: str) -> None:
@@ -172,9 +171,8 @@ def _spawn_and_join(worker: Callable[..., Any], placement: Placement, args: tupl
 def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: tuple, init_method: str, stopped_by,
              user_errors) -> None:
     signals.take_in_rank()
-    device = torch.device(f"cuda:{placement.gpu_indices[rank]}") if placement.kind == "cuda" else torch.device("cpu")
     try:
-        _run_in_group(worker, rank, placement.nprocs, device, args, init_method=init_method)
+        _run_in_group(worker, rank, placement.nprocs, placement.device(rank), args, init_method=init_method)
     except signals.Stopped as stop:
         stopped_by.value = stop.signum
     except UserError as error:

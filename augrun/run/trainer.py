@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from augrun import environment, rundir, signals
+from augrun.run import launchers
 from augrun.run import checkpoint
 from augrun.run import distributed
 from augrun.run import dryrun
@@ -44,7 +45,7 @@ class Prepared:
     train_ops: list[OpSpec]
     batch_ops: list[OpSpec]
     data: DataSplits
-    resume_state: dict[str, Any] | None
+    resume_state: dict[str, Any] | None  # read by run(), in the launching process
     config_dict: dict[str, Any]
     command: str = ""  # as the user typed it, for summary.json (set by `run`, in the launching process)
 
@@ -68,9 +69,10 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num: int = 0,
-            rehearse: bool = False) -> Prepared:
+            rehearse: bool = False, loaded: dict | None = None) -> Prepared:
     """Everything a run needs, checked, with its data loaded. `rehearse`: also dry-run one training step on made-up
-    images and estimate the data's memory first (the pre-check does; the run itself need not again)."""
+    images and estimate the data's memory first (the pre-check does; a job prepared in another process need not
+    again). `loaded`: datasets already loaded by this command, by their arguments, taken from and added to."""
     for registry, name in ((MODELS, cfg.model.name), (DATASETS, cfg.dataset.name), (OPTIMIZERS, cfg.optim.name),
                            (SCHEDULES, cfg.sched.name)):
         registry.get(name)  # an unknown name: one line listing the registered ones
@@ -93,8 +95,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
         warn(f"trainer.workers={cfg.trainer.workers} on {cores} CPU cores: workers will compete for them")
 
     config_dict = comparable_config(cfg)
-    # under torchrun only rank 0 reads the checkpoint (the others have a throwaway run directory); it is broadcast
-    resume_state = load_resume_state(run_dir, config_dict) if cfg.resume and os.environ.get("RANK", "0") == "0" else None
+    if cfg.resume and _reads_run_dir():
+        check_resume(run_dir, cfg)
     if rehearse:
         mean, std = (d.mean, d.std) if d.normalize else (None, None)
         if not streamed:  # streamed photos are decoded a batch at a time: their memory does not grow with the data
@@ -103,16 +105,35 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
         dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
                        channels=d.channels, num_classes=d.num_classes, mean=mean, std=std, model=cfg.model.name,
                        width=cfg.model.width, pretrained=cfg.model.pretrained, streamed=streamed)
-    data = load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
-                        num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size,
-                        storage=storage.storage, cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb)
+    request = dict(name=d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
+                   num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size, storage=storage.storage,
+                   cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb)
+    key = tuple(request.items())
+    data = loaded.get(key) if loaded is not None else None
+    if data is None:
+        data = load_dataset(**request)
+        if loaded is not None:
+            loaded[key] = data
     if storage.note:
-        warn(storage.note)  # once: the pre-check's warn is silent, the run's prints
+        warn(storage.note)
     for key, configured, actual in (("dataset.image_size", d.image_size, data.image_size),
                                     ("dataset.channels", d.channels, data.channels)):
         if configured != actual:  # the dry run and the model were sized from the config
             raise ConfigError(key, f"got {configured}, but {d.name}'s images have {actual}; valid: {key}={actual}")
-    return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, data, resume_state, config_dict)
+    return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, data, None, config_dict)
+
+
+def _reads_run_dir() -> bool:
+    """In a launcher's group only rank 0 reads the run directory (the others have a throwaway one): it reads the
+    checkpoint, and broadcasts it to the others."""
+    member = launchers.group_member()
+    return member is None or member.writes
+
+
+def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume from a checkpoint written with another config (the state itself is read when the run starts:
+    a sweep's plan holds no checkpoints)."""
+    load_resume_state(run_dir, comparable_config(cfg))
 
 
 def load_resume_state(run_dir: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +147,12 @@ def load_resume_state(run_dir: Path, config_dict: dict[str, Any]) -> dict[str, A
 
 
 def run(prepared: Prepared) -> None:
-    # read here: a spawned rank's own command line is multiprocessing's
-    distributed.run_on_every_rank(_worker, prepared.placement, dataclasses.replace(prepared, command=environment.command_line()))
+    """Train the prepared run in every process of it (the checkpoint to resume is read here, once)."""
+    cfg = prepared.cfg
+    resume_state = load_resume_state(prepared.run_dir, prepared.config_dict) if cfg.resume and _reads_run_dir() else None
+    # the command line is read here: a spawned rank's own is multiprocessing's
+    launched = dataclasses.replace(prepared, resume_state=resume_state, command=environment.command_line())
+    distributed.run_on_every_rank(_worker, prepared.placement, launched)
 
 
 # --- inside each process -------------------------------------------------------------------------------------------
