@@ -1,4 +1,4 @@
-"""augrun's command line: `augrun train|preview|compare ...`.
+"""augrun's command line: `augrun train|preview|compare|ops ...`.
 
 Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the command. `augrun train` does its
 work in augrun.commands.train, the path it shares with the Python API (augrun.api); here that work's outcome becomes what a
@@ -42,6 +42,24 @@ def train_command(argv: list[str]) -> None:
         fail(f"{len(launched.failed)} sweep job(s) failed: {', '.join(launched.failed)}", 1)
 
 
+# Each command is imported when it runs, not when the command line starts: `augrun ops` must not load what `train`
+# needs (Hydra's plugins, torch).
+
+def preview_command(argv: list[str]) -> None:
+    from augrun.commands.preview import preview_command
+    preview_command(argv)
+
+
+def compare_command(argv: list[str]) -> None:
+    from augrun.commands.compare import compare_command
+    compare_command(argv)
+
+
+def ops_command(argv: list[str]) -> None:
+    from augrun.commands.ops import ops_command
+    ops_command(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     from augrun import signals
     argv = sys.argv[1:] if argv is None else argv
@@ -54,9 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "preview": _lazy("augrun.commands.preview", "preview_command"),
-                "compare": _lazy("augrun.commands.compare", "compare_command"),
-                "ops": _lazy("augrun.commands.ops", "ops_command")}
+    commands = {"train": train_command, "preview": preview_command, "compare": compare_command, "ops": ops_command}
     if command not in commands:
         fail(f"unknown command {command!r}; valid: {', '.join(commands)} (augrun --help)")
     try:
@@ -68,13 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     if note:
         print(f"augrun: {note}", file=sys.stderr)
     sys.exit(status)
-
-
-def _lazy(module: str, name: str):
-    def run(argv: list[str]) -> None:
-        import importlib
-        getattr(importlib.import_module(module), name)(argv)
-    return run
 
 
 if __name__ == "__main__":
