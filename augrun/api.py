@@ -7,8 +7,8 @@ objects instead of exit statuses.
     comparison = augrun.compare_runs(run_a, run_b, out="report") # augrun compare A B --out report
     augrun.load("outputs/2026-11-27/10-00-00")                   # a Run, or a Sweep for a sweep's root
 
-Below the argument handling each function runs what its command runs (augrun.commands.train, preview_command.draw_preview,
-compare_command.run_compare): the same pre-check, run directories and reports. Only the outcome is said differently:
+Below the argument handling each function runs what its command runs (augrun.commands: train.execute,
+preview.draw_preview, compare.run_compare): the same pre-check, run directories and reports. Only the outcome is said differently:
 bad input raises the UserError the command line prints in one line; a run that fails while training raises
 TrainingFailed; SIGINT (a notebook's stop button) or SIGTERM checkpoints the run, as in a terminal, and raises
 Interrupted, a KeyboardInterrupt whose message is the call that resumes it. Nothing here calls sys.exit.
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from augrun import rundir, signals
+from augrun.compare.results import Comparison, Run, Sweep, load  # load: a Run or Sweep from its directory
 from augrun.config.command_line import HYDRA_FLAGS, override_key, parse_command_line, split_argv
 from augrun.errors import UserError
-from augrun.compare.results import Comparison, Run, Sweep, load  # load: a Run or Sweep from its directory
 
 if TYPE_CHECKING:
     from PIL.Image import Image

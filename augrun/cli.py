@@ -1,12 +1,13 @@
 """augrun's command line: `augrun train|preview|compare|ops ...`.
 
 Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the command. `augrun train` does its
-work in augrun.commands.train, the path it shares with the Python API (augrun.api); here that work's outcome becomes what a
-shell expects: one line on stderr and an exit status (2 bad input, 1 a failed run, 130/143 a signal).
+work in augrun.commands.train, the path it shares with the Python API (augrun.api); here that work's outcome becomes
+what a shell expects: one line on stderr and an exit status (2 bad input, 1 a failed run, 130/143 a signal).
 
-Bad input is checked before Hydra runs anything (augrun.commands.precheck): every job of the command is composed and checked,
-so a typo exits 2 with one line before a directory is created or a file touched. Modules that import torch are imported
-inside functions here and in compose/precheck, so that such a line comes before torch loads, which takes seconds.
+Bad input is checked before Hydra runs anything (augrun.commands.precheck): every job of the command is composed and
+checked, so a typo exits 2 with one line before a directory is created or a file touched. Modules that import torch
+are imported inside functions here and in the config and pre-check modules, so that such a line comes before torch
+loads, which takes seconds.
 """
 from __future__ import annotations
 

@@ -42,8 +42,8 @@ import torchvision
 import torchvision.transforms as V1
 import torchvision.transforms.functional as F1
 import torchvision.transforms.v2 as V2
-from PIL import Image
 from omegaconf import OmegaConf
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 if importlib.util.find_spec("augrun") is None:  # run from a checkout without installing: the root holds the package

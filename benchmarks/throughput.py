@@ -31,9 +31,9 @@ The ratios b/a and b/c are the result; absolute numbers depend on the card (or o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import copy
 import datetime
+import importlib.util
 import inspect
 import itertools
 import json
@@ -54,14 +54,15 @@ if importlib.util.find_spec("augrun") is None:  # run from a checkout without in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from augrun.augment import cpu as cpu_backend  # noqa: E402
-from augrun.augment.gpu import GPU_OPS, GpuPipeline  # noqa: E402
+from augrun.augment.gpu import GpuPipeline  # noqa: E402
+from augrun.augment.gpu_pipeline import build_pipeline  # noqa: E402
 from augrun.augment.ops import OpSpec, parse_train_pipeline  # noqa: E402
 from augrun.data.batches import BatchFinisher, DeviceBatches, WorkerBatches  # noqa: E402
 from augrun.data.datasets import ImageData, make_synthetic  # noqa: E402
-from augrun.run.engine import EpochState, train_one_epoch  # noqa: E402
 from augrun.environment import intra_op_threads  # noqa: E402
 from augrun.models.networks import build_model  # noqa: E402
 from augrun.models.optim import build_optimizer  # noqa: E402
+from augrun.run.engine import EpochState, train_one_epoch  # noqa: E402
 
 # The issue's two pipelines, written as conf/aug/*.yaml writes them (RandomResizedCrop size = dataset.image_size = 32).
 PIPELINES: dict[str, dict] = {
@@ -196,10 +197,6 @@ def pipeline_specs(name: str) -> list[OpSpec]:
     return parse_train_pipeline(PIPELINES[name])
 
 
-def gpu_pipeline(specs: list[OpSpec]) -> GpuPipeline:
-    return GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in specs])
-
-
 def forever(batches) -> Iterator:
     """A batch source's epochs one after another (DeviceBatches/WorkerBatches.epoch)."""
     for epoch in itertools.count(1):
@@ -288,7 +285,7 @@ def measure_row(args, device: torch.device, clock: Clock, host: ImageData, resid
                 batch: int, book: Trainer, fast: Trainer, notes: list[str]) -> dict:
     cuda = device.type == "cuda"
     specs = pipeline_specs(pipeline_name)
-    pipeline = gpu_pipeline(specs)
+    pipeline = build_pipeline(specs)
     row: dict = {"pipeline": pipeline_name, "batch": batch}
     resident_batch = next(forever(device_batches(resident, pipeline, device, batch, channels_last=cuda)))
     row["a"] = None if args.skip_book else time_book_path(args, clock, host, specs, batch, book, resident_batch,
@@ -373,7 +370,7 @@ def ddp_overhead(args, device: torch.device, clock: Clock, resident: ImageData, 
 def measure_ddp(args, device: torch.device, clock: Clock, resident: ImageData, batch: int, backend: str) -> dict:
     """One batch size: the DDP model lives in this frame only, so that it is gone before its process group."""
     cuda = device.type == "cuda"
-    pipeline = gpu_pipeline(pipeline_specs(args.ddp_pipeline))
+    pipeline = build_pipeline(pipeline_specs(args.ddp_pipeline))
     amp = torch.bfloat16 if cuda else None
     mode = args.compile_mode if args.compile else None
     plain_model = new_model(args.model, device, channels_last=cuda)
@@ -410,7 +407,7 @@ def threads_comparison(args, device: torch.device, clock: Clock, resident: Image
         for pipeline_name in args.pipelines:
             model = Trainer(new_model(args.model, device, channels_last=False), device, amp_dtype=None,
                             compile_mode=None)
-            source = forever(device_batches(resident, gpu_pipeline(pipeline_specs(pipeline_name)), device, batch,
+            source = forever(device_batches(resident, build_pipeline(pipeline_specs(pipeline_name)), device, batch,
                                             channels_last=False))
 
             def at(threads: int) -> Callable[[int], None]:
@@ -607,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         if want_profile:
             name = "flip_color_crop" if "flip_color_crop" in args.pipelines else args.pipelines[0]
             batch = args.batch_sizes[0]
-            source = forever(device_batches(resident, gpu_pipeline(pipeline_specs(name)), device, batch,
+            source = forever(device_batches(resident, build_pipeline(pipeline_specs(name)), device, batch,
                                             channels_last=cuda))
             fast.block(source, max(args.warmup, 2))
             try:

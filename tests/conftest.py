@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE, compose_train
 
 from augrun.config.compose import to_train_config
-from helpers import SMOKE, compose_train
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -63,7 +63,7 @@ def assert_user_error(result, expected: str) -> None:
 def refusal(*argv: str) -> str:
     """The one-line message the pre-check of `augrun train <argv>` refuses with (run in the current directory)."""
     with pytest.raises(UserError) as caught:
-        precheck.precheck_train(parse_command_line(list(argv)), visible_gpus=lambda: 0, warn=lambda m: None)
+        precheck.precheck_train(parse_command_line(list(argv)), visible_gpus=lambda: 0)
     message = str(caught.value)
     assert "\n" not in message and message.strip() == message, message
     return message

@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SMOKE, read_metrics, without_timing
 from hydra.core.global_hydra import GlobalHydra
 from matplotlib.figure import Figure
 from PIL import Image
 
 import augrun
 from augrun import signals
-from augrun.run import checkpoint
 from augrun.cli import main
-from augrun.compare import RunResult
 from augrun.commands.compare import compare_command
 from augrun.commands.preview import preview_command
-from helpers import SMOKE, read_metrics, without_timing
+from augrun.compare import RunResult
+from augrun.run import checkpoint
 
 # experiment=smoke shrunk further: 3 steps of 64 an epoch, no DataLoader workers (each would be a process to start)
 TINY = [*SMOKE, "trainer.workers=0", "dataset.train_size=192", "dataset.test_size=64"]
@@ -223,3 +223,17 @@ def test_a_stop_checkpoints_raises_keyboard_interrupt_and_the_named_call_resumes
     resumed = eval(call, {"augrun": augrun})  # the call the message names, as a user would paste it
     assert resumed.dir == in_workdir / "stopped" and resumed.ok
     assert without_timing(resumed.metrics) == without_timing(reference.metrics)  # bitwise: floats compared exactly
+
+
+def test_a_runs_final_numbers_and_outcome_are_compares_own():
+    """Run.final and Run.ok follow the one rule augrun compare uses: each final number from summary.json, else from
+    the last epoch; a run without a summary is not ok."""
+    rows = [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "test_acc": 0.2, "lr": 0.1},
+            {"epoch": 2, "train_loss": 1.5, "train_acc": 0.5, "test_acc": 0.4, "lr": 0.1}]
+    without_summary = RunResult(Path("run"), {}, 0, "failed", rows, {}, "no summary.json")
+    run = augrun.Run.from_result(without_summary)
+    assert run.final == {"train_loss": 1.5, "train_acc": 0.5, "test_acc": 0.4} and not run.ok
+    partial = RunResult(Path("run"), {}, 0, "completed", rows, {"status": "completed", "final": {"train_acc": 0.5}}, None)
+    assert augrun.Run.from_result(partial).final == {"train_loss": 1.5, "train_acc": 0.5, "test_acc": 0.4}
+    from augrun.compare.runs import final_numbers
+    assert augrun.Run.from_result(partial).final == final_numbers(partial.summary, rows)

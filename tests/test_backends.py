@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE, read_metrics, run_augrun
 
 from augrun.augment.ops import parse_train_pipeline, resolve_backend
 from augrun.errors import ConfigError
-from helpers import SMOKE, read_metrics, run_augrun
 
 FLIP_COLOR_CROP = parse_train_pipeline({"RandomHorizontalFlip": {"p": 0.5},
                                         "ColorJitter": {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.5},
@@ -42,6 +42,7 @@ def test_gpu_backend_trains_on_cpu_tensors(workdir: Path):
 
 def test_cpu_backend_draws_per_image_and_epoch_not_per_worker():
     import torch
+
     from augrun.augment.cpu import build_train_transform
     from augrun.data.batches import AugmentedImages
     from augrun.data.datasets import make_synthetic

@@ -16,21 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SMOKE, assert_user_error, make_image_folder, run_augrun, snapshot
 from PIL import Image
+from test_compare import epochs_for, make_run, make_sweep
 
 import augrun.data.datasets
 import augrun.data.folders
-from augrun.compare import find_runs, load_run, write_report
 from augrun.commands.compare import compare_command
-from augrun.errors import ConfigError
+from augrun.compare import find_runs, load_run, write_report
 from augrun.data.datasets import DataError
-from augrun.data.folders import load_image_folder
-from augrun.errors import printable
 from augrun.data.decoding import MAX_PIXELS, ImageFileError, decode_image
+from augrun.data.folders import load_image_folder
+from augrun.errors import ConfigError, printable
 from augrun.report.drawing import read_image
-from helpers import SMOKE, run_augrun, snapshot
-from test_compare import epochs_for, make_run, make_sweep
-from helpers import assert_user_error, make_image_folder
 
 BOMB_SIDE = 12000  # 144 Mpx: above MAX_PIXELS, below twice PIL's limit, where PIL only warns
 

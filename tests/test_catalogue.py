@@ -12,18 +12,18 @@ import pytest
 import torch
 import torchvision.transforms as V1
 import torchvision.transforms.v2 as T
+from helpers import compose_train, read_metrics
 from PIL import Image
 
 from augrun.augment import gpu
 from augrun.augment.cpu import ToTensor, build_train_transform
+from augrun.augment.gpu_pipeline import build_batch_op
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline, resolve_backend
-from augrun.data.batches import BatchFinisher
 from augrun.cli import main
 from augrun.config.command_line import run_hydra
 from augrun.config.compose import to_train_config
+from augrun.data.batches import BatchFinisher
 from augrun.errors import ConfigError
-from augrun.run.build import gpu_batch_op
-from helpers import compose_train, read_metrics
 
 NEW_AUGS = ["standard", "autoaugment", "randaugment", "trivialaugment", "augmix", "erasing", "mixup", "cutmix"]
 # (class, attributes as torchvision stores them): the cpu backend runs torchvision v1's classes (the book's values)
@@ -134,7 +134,7 @@ def test_standard_crop_is_a_shifted_window_of_the_zero_padded_image():
 
 def test_gpu_versions_exist_for_the_standard_and_erasing_ops():
     assert {"RandomCrop", "RandomHorizontalFlip", "RandomErasing"} <= set(gpu.GPU_OPS)
-    assert {"MixUp", "CutMix"} <= set(gpu.BATCH_OPS)
+    assert {"MixUp", "CutMix"} <= set(gpu.BATCH_OP_CLASSES)
 
 
 @pytest.mark.parametrize("option", NEW_AUGS)
@@ -179,7 +179,7 @@ def test_gpu_standard_crop_is_a_shifted_window_of_the_zero_padded_image():
 
 def mixed_batch(option: str, num_classes: int = 10, n: int = 8):
     (spec,) = parse_batch_pipeline(aug_config(option).batch)
-    op = gpu_batch_op(spec, num_classes)  # what the trainer builds: num_classes filled in from the dataset
+    op = build_batch_op(spec, num_classes=num_classes)  # what the trainer builds: num_classes from the dataset
     assert op.num_classes == num_classes
     images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) + 1.0  # [1, 2): all pairs differ
     labels = torch.arange(n) % num_classes  # neighbours have different labels

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torchvision.transforms as V1
 import torchvision.transforms.v2 as T
+from helpers import compose_train
 
 from augrun.augment.cpu import ToTensor, build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
 from augrun.config.compose import to_train_config
-from helpers import compose_train
 
 AUG_OPTIONS = ["none", "flip_only", "vflip", "crop", "brightness", "hue", "color_jitter", "flip_color_crop"]
 # d2l 14.1's transforms for a 32x32 dataset, in the classes the cpu backend runs them with (cpu.FASTEST_CLASS: the

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as V1
+from helpers import compose_train
 from PIL import Image
 
 from augrun.augment import cpu
 from augrun.augment.ops import REGISTRY, TENSOR_OPS, parse_train_pipeline, torchvision_arguments
-from augrun.data.batches import AugmentedImages
 from augrun.config.compose import to_train_config
+from augrun.data.batches import AugmentedImages
 from augrun.data.datasets import make_synthetic
 from augrun.seeding import derive_seed
-from helpers import compose_train
 
 SEED_PIPELINES = ["none", "flip_only", "vflip", "crop", "brightness", "hue", "color_jitter", "flip_color_crop"]
 

@@ -24,18 +24,18 @@ import torch
 from PIL import Image
 
 import augrun.data.folders as folders_module
-from augrun.errors import ConfigError
-from augrun.data.folders import load_image_folder
 from augrun.data.datasets import (
-    cifar_class,
     DataError,
     DataSplits,
     ImageData,
+    cifar_class,
     load_cifar,
     load_dataset,
     make_synthetic,
     subset,
 )
+from augrun.data.folders import load_image_folder
+from augrun.errors import ConfigError
 
 # --- helpers: CIFAR ------------------------------------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE, read_metrics, run_augrun
 
 from augrun.config.command_line import parse_command_line
 from augrun.config.compose import compose
-from helpers import SMOKE, read_metrics, run_augrun
 
 TRAIN_SIZE = 320  # experiment=smoke
 pytestmark = pytest.mark.slow

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE, refusal, run_augrun
 from rich.console import Console
+from test_compare import epochs_for, make_run
 
 from augrun import environment
-from augrun.report import run_outputs
 from augrun.cli import main
 from augrun.compare import compare_paths
+from augrun.report import run_outputs
 from augrun.report.run_outputs import cpu_time_note, format_duration
-from helpers import SMOKE, refusal, run_augrun
-from test_compare import epochs_for, make_run
 
 SMOKE_WORKERS = 2  # conf/experiment/smoke.yaml
 ENVIRONMENT_TYPES = {

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE, assert_user_error, make_image_folder, refusal, run_augrun, snapshot
 from PIL import Image
 
 from augrun.commands import precheck
 from augrun.config.command_line import parse_command_line
 from augrun.errors import CheckpointError, CompareError, ConfigError, DataError, RunDirError, UserError
-from helpers import SMOKE, assert_user_error, make_image_folder, refusal, run_augrun, snapshot
 
 # (overrides, text the one-line message must contain)
 CONFIG_ERRORS = {
@@ -52,7 +52,7 @@ def test_config_error_is_one_line_naming_the_key(case, workdir: Path, monkeypatc
     monkeypatch.chdir(workdir)
     before = snapshot(workdir)
     with pytest.raises(UserError) as caught:
-        precheck.precheck_train(parse_command_line([*SMOKE, *overrides]), visible_gpus=lambda: 0, warn=lambda m: None)
+        precheck.precheck_train(parse_command_line([*SMOKE, *overrides]), visible_gpus=lambda: 0)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
     assert snapshot(workdir) == before  # stopped before any directory was claimed
 

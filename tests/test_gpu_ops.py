@@ -139,8 +139,8 @@ def test_registries_and_signatures_follow_torchvision():
         "RandomHorizontalFlip", "RandomVerticalFlip", "RandomResizedCrop", "ColorJitter", "RandomCrop",
         "Normalize", "RandomErasing", "RandomGrayscale",
     }
-    assert set(gpu.BATCH_OPS) == {"MixUp", "CutMix"}
-    for name, cls in {**gpu.GPU_OPS, **gpu.BATCH_OPS}.items():
+    assert set(gpu.BATCH_OP_CLASSES) == {"MixUp", "CutMix"}
+    for name, cls in {**gpu.GPU_OPS, **gpu.BATCH_OP_CLASSES}.items():
         ours = inspect.signature(cls).parameters
         theirs = inspect.signature(getattr(T, name)).parameters
         assert list(ours) == list(theirs), name

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_train, read_metrics
 
 from augrun.cli import main
 from augrun.config.compose import to_train_config
 from augrun.errors import ConfigError
-from helpers import compose_train, read_metrics
-
 
 # --- label smoothing ----------------------------------------------------------------------------------------------
 

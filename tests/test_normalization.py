@@ -6,13 +6,12 @@ import math
 import pytest
 import torch
 import torchvision.transforms.v2 as T
+from helpers import compose_train
 
 from augrun.augment.cpu import build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
-from augrun.data.batches import BatchFinisher
 from augrun.config.compose import to_train_config
-from helpers import compose_train
-
+from augrun.data.batches import BatchFinisher
 
 # --- per-dataset normalisation ------------------------------------------------------------------------------------
 

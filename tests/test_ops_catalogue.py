@@ -7,15 +7,15 @@ import inspect
 
 import pytest
 import torchvision.transforms.v2 as T
+from helpers import SMOKE, assert_user_error, refusal, run_augrun
 
-from augrun.commands import precheck
 from augrun.augment import gpu
 from augrun.augment.catalogue import catalogue, describe, example_yaml, override_example
-from augrun.augment.ops import (BATCH_NAMES, REGISTRY, TRAIN_NAMES, parse_batch_pipeline, parse_train_pipeline)
+from augrun.augment.ops import BATCH_NAMES, REGISTRY, TRAIN_NAMES, parse_batch_pipeline, parse_train_pipeline
+from augrun.commands import precheck
+from augrun.commands.ops import ops_command
 from augrun.config.command_line import parse_command_line
 from augrun.errors import ConfigError
-from augrun.commands.ops import ops_command
-from helpers import SMOKE, assert_user_error, refusal, run_augrun
 
 # the d2l chapter's MXNet pipelines (gluon.data.vision.transforms), and what each means in torchvision
 GLUON_TRANSLATIONS = [
@@ -67,7 +67,7 @@ def test_entries_read_arguments_summaries_and_backends_from_torchvision_and_the_
     assert describe("MixUp").section == "aug.batch" and describe("MixUp").backends == ("cpu", "gpu")
     for entry in catalogue():
         runs_as = REGISTRY[entry.name].runs_as
-        assert ("gpu" in entry.backends) == (runs_as in gpu.GPU_OPS or runs_as in gpu.BATCH_OPS), entry.name
+        assert ("gpu" in entry.backends) == (runs_as in gpu.GPU_OPS or runs_as in gpu.BATCH_OP_CLASSES), entry.name
         assert entry.summary and "\n" not in entry.summary
 
 
@@ -131,7 +131,8 @@ def test_the_books_mxnet_pipeline_passes_the_real_precheck_on_both_backends(back
     # through it on the chosen backend (gpu's ops are plain torch, so they run on this CPU too)
     monkeypatch.setattr(precheck.rundir, "claim", lambda path, *a, **k: path)  # nothing left behind in the workdir
     argv = ["experiment=smoke", "trainer.devices=cpu", f"aug.backend={backend}", "aug.train={}", *BOOK_MXNET_OVERRIDES]
-    precheck.precheck_train(parse_command_line(argv), visible_gpus=lambda: 0, warn=pytest.fail)
+    checked = precheck.precheck_train(parse_command_line(argv), visible_gpus=lambda: 0)
+    assert [job.notes for job in checked.jobs] == [[]]  # not a warning either
     message = refusal(*SMOKE, f"aug.backend={backend}", "+aug.train.RandomHue.hue=0.9")
     assert message.startswith("aug.train.RandomHue.hue: got 0.9"), message
 

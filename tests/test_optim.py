@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import compose_train
 
 from augrun.config.compose import to_train_config
 from augrun.errors import ConfigError
 from augrun.models.optim import build_optimizer, build_scheduler
-from helpers import compose_train
 
 
 def sgd(lr: float = 0.1, **kwargs) -> torch.optim.Optimizer:

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import SMOKE, assert_user_error, refusal, run_augrun
 from PIL import Image
 
 from augrun.augment.ops import parse_train_pipeline
 from augrun.data.batches import BatchFinisher
-from augrun.errors import ConfigError
 from augrun.data.datasets import DataError, choose_storage, load_dataset
-from augrun.data.splits import FileData
-from augrun.models.networks import build_model
 from augrun.data.photos import eval_transform, split_for_device
+from augrun.data.splits import FileData
 from augrun.data.streaming import StreamedImages, stream_sources
-from helpers import SMOKE, assert_user_error, refusal, run_augrun
+from augrun.errors import ConfigError
+from augrun.models.networks import build_model
 
 CPU = torch.device("cpu")
 SIZE = 32

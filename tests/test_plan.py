@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE
 
 import augrun
 from augrun.data import datasets
 from augrun.run import trainer
-from helpers import SMOKE
 
 TINY = [*SMOKE, "trainer.workers=0", "dataset.train_size=128", "dataset.test_size=64"]
 

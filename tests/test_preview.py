@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_image_folder, run_augrun, snapshot
 from PIL import Image
 
 import augrun.commands.preview
 from augrun.augment.ops import parse_train_pipeline
+from augrun.commands.preview import preview_command, preview_options
 from augrun.compare import render
 from augrun.compare.runs import RunResult
 from augrun.compare.stats import build_report
 from augrun.report.curves import curves_figure
 from augrun.report.drawing import DPI, augmented_copies, picture_inches, write_run_preview
-from augrun.commands.preview import preview_command, preview_options
-from helpers import make_image_folder, run_augrun, snapshot
 
 SYNTHETIC = "dataset=synthetic"
 

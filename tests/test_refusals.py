@@ -15,17 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE, assert_user_error, compose_train, read_metrics, refusal, run_augrun, snapshot, without_timing
 
 from augrun import conf, rundir
-from augrun.run import checkpoint
-from augrun.run import dryrun
-from augrun.commands import precheck
 from augrun.augment.gpu import GPU_OPS
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline
+from augrun.commands import precheck
 from augrun.config.command_line import parse_command_line
 from augrun.config.compose import to_train_config
 from augrun.errors import UserError
-from helpers import SMOKE, assert_user_error, compose_train, read_metrics, refusal, run_augrun, snapshot, without_timing
+from augrun.run import checkpoint, dryrun, launchers
 
 
 def nothing_written(workdir: Path) -> bool:
@@ -139,7 +138,7 @@ def test_a_directory_owned_by_another_run_or_sweep_is_refused(in_workdir: Path, 
     (in_workdir / "dangling").symlink_to(in_workdir / "missing")
     before = snapshot(in_workdir)
     if expected is None:  # the per-job subdirs differ: accepted (claimed, so a directory appears)
-        precheck.precheck_train(parse_command_line([*SMOKE, *argv]), visible_gpus=lambda: 0, warn=lambda m: None)
+        precheck.precheck_train(parse_command_line([*SMOKE, *argv]), visible_gpus=lambda: 0)
         return
     assert expected in refusal(*SMOKE, *argv)
     assert snapshot(in_workdir) == before
@@ -179,8 +178,8 @@ def test_a_clock_named_directory_left_by_a_run_that_ended_in_the_same_second_is_
     year = time.strftime("%Y")
     (in_workdir / "outputs" / year).mkdir(parents=True)
     (in_workdir / "outputs" / year / rundir.RUN_MARKER).touch()  # a run that ended before this one started
-    _, claimed = precheck.precheck_train(parse_command_line([*SMOKE, "hydra.run.dir=outputs/${now:%Y}"]),
-                                         visible_gpus=lambda: 0, warn=lambda m: None)
+    claimed = precheck.precheck_train(parse_command_line([*SMOKE, "hydra.run.dir=outputs/${now:%Y}"]),
+                                      visible_gpus=lambda: 0).claimed
     assert claimed == Path("outputs") / f"{year}-1"
 
 

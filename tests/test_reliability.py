@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE, read_metrics, run_augrun, snapshot, without_timing
 
 from augrun.run import checkpoint
-from helpers import SMOKE, read_metrics, run_augrun, snapshot, without_timing
 
 pytestmark = pytest.mark.slow
 # 4 epochs of 5 steps: long enough to be killed mid-run, short enough for CI

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from augrun import rundir
-from augrun.run import distributed
 from augrun.augment.ops import parse_batch_pipeline, parse_train_pipeline
-from augrun.run.build import build_run
-from augrun.run.checkpoint import load
 from augrun.data.datasets import load_dataset
 from augrun.report.run_outputs import NoOutputs, RunOutputs
+from augrun.run import distributed
+from augrun.run.build import build_run
+from augrun.run.checkpoint import load
 from augrun.run.progress import Checkpointer, Progress
 from augrun.run.trainer import comparable_config
 

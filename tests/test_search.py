@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SMOKE, read_metrics, refusal, run_augrun
 
 from augrun.config.command_line import parse_command_line
 from augrun.config.compose import expand_jobs
-from helpers import SMOKE, read_metrics, refusal, run_augrun
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 OPTUNA = ["-m", *SMOKE, "hydra/sweeper=optuna", "aug=color_jitter"]

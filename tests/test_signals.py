@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE, read_metrics, run_augrun, without_timing
 
 from augrun import compare, signals
 from augrun.run import checkpoint
-from helpers import SMOKE, read_metrics, run_augrun, without_timing
 
 pytestmark = pytest.mark.slow
 

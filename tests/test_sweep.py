@@ -6,7 +6,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from helpers import SMOKE, read_metrics, run_augrun
 
 pytestmark = pytest.mark.slow

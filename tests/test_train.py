@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import METRIC_KEYS, SMOKE, read_metrics, run_augrun, without_timing
 from PIL import Image
 
 from augrun.cli import main
-from helpers import METRIC_KEYS, SMOKE, read_metrics, run_augrun, without_timing
 
 TRAIN_SIZE = 320  # experiment=smoke
 

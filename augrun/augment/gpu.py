@@ -28,7 +28,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import InterpolationMode
 
 __all__ = [
-    "BATCH_OPS",
+    "BATCH_OP_CLASSES",
     "GPU_OPS",
     "ColorJitter",
     "CutMix",
@@ -597,6 +597,8 @@ class GpuPipeline:
         return "GpuPipeline([" + ", ".join(map(repr, self.ops)) + "])"
 
 
+# Op name -> the per-image class that runs it batched: what the gpu backend's pipeline is made of (augment.gpu_pipeline
+# builds it from a config's specs); an op missing here is one the gpu backend cannot run (ops.resolve_backend).
 GPU_OPS: dict[str, type] = {
     cls.__name__: cls
     for cls in (
@@ -610,4 +612,6 @@ GPU_OPS: dict[str, type] = {
         RandomGrayscale,
     )
 }
-BATCH_OPS: dict[str, type] = {"MixUp": MixUp, "CutMix": CutMix}
+# Op name -> the class of a batch op (aug.batch, ops.BATCH_NAMES): these mix labels too, and run on the training device
+# for both backends, so they are not part of the gpu backend's pipeline.
+BATCH_OP_CLASSES: dict[str, type] = {"MixUp": MixUp, "CutMix": CutMix}

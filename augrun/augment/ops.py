@@ -46,8 +46,8 @@ class RegisteredOp:
 
     @property
     def backends(self) -> tuple[str, ...]:
-        from augrun.augment.gpu import BATCH_OPS as GPU_BATCH_OPS, GPU_OPS  # torch-heavy; only `augrun ops` asks
-        return ("cpu", "gpu") if self.runs_as in GPU_OPS or self.runs_as in GPU_BATCH_OPS else ("cpu",)
+        from augrun.augment.gpu import BATCH_OP_CLASSES, GPU_OPS  # torch-heavy; only `augrun ops` asks
+        return ("cpu", "gpu") if self.runs_as in GPU_OPS or self.runs_as in BATCH_OP_CLASSES else ("cpu",)
 
 
 # Sources for the Gluon notes: apache/mxnet python/mxnet/gluon/data/vision/transforms.py (1.x) and
@@ -110,10 +110,8 @@ def registered_names(*kinds: str, aliases: bool = True) -> tuple[str, ...]:
     return tuple(n for n, op in REGISTRY.items() if op.kind in kinds and (aliases or op.alias is None))
 
 
-# the torchvision ops by kind, as the backends build them (aliases have become these by then)
-IMAGE_OPS = registered_names(PER_IMAGE, aliases=False)
+# ops that take a tensor, not a PIL image: the cpu backend runs them after ToTensor (aliases are torchvision's by then)
 TENSOR_OPS = registered_names(TENSOR, aliases=False)
-BATCH_OPS = registered_names(BATCH, aliases=False)
 TRAIN_NAMES = registered_names(PER_IMAGE, TENSOR)  # what aug.train accepts
 BATCH_NAMES = registered_names(BATCH)              # what aug.batch accepts
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from augrun.augment.catalogue import (CatalogueEntry, catalogue, describe, example_yaml, format_default,
-                                      override_example)
+from augrun.augment.catalogue import CatalogueEntry, catalogue, describe, example_yaml, format_default, override_example
 from augrun.errors import UserError, fail
 
 OPS_USAGE = """usage: augrun ops [NAME]

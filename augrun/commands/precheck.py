@@ -33,7 +33,8 @@ class Job:
     number: int
     composed: TrainConfig       # the config as composed, which Hydra's own composition of the job must equal
     run_dir: Path
-    progress: str = "new"       # in a resumed sweep: "completed" (kept), "interrupted" (continued) or "new"
+    # in a resumed sweep: "completed" (kept), "interrupted" (continued) or "new" (started); "" for any other job
+    progress: str = ""
     prepared: Prepared | None = None  # None for a completed job, which does not run again
     notes: list[str] = field(default_factory=list)  # warnings, said when the job starts
 

@@ -18,12 +18,11 @@ from omegaconf import DictConfig
 
 from augrun import rundir, signals
 from augrun.commands import precheck
-from augrun.run import launchers
 from augrun.config.command_line import CommandLine, run_hydra
 from augrun.config.compose import to_train_config
 from augrun.config.schema import TrainConfig
 from augrun.errors import INPUT_ERROR_STATUS, UserError, first_line
-
+from augrun.run import launchers
 
 # The pre-check's jobs, by number, while Hydra runs them: a job Hydra runs in this process (the basic launcher) takes
 # its plan over instead of preparing again. Jobs in other processes (joblib, submitit) prepare themselves.
@@ -90,6 +89,7 @@ def train_task(cfg: DictConfig) -> float | None:
     failed sweep job, which such a sweeper records as a failed trial."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
     from augrun.run import trainer
 
     flag = signals.SignalFlag.installed()
@@ -170,9 +170,9 @@ def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainCo
     """A failure while a SIGINT/SIGTERM is flagged is that signal's doing (a DataLoader or torch.compile worker that
     died of the signal sent to the whole group, a rank that ended before the others agreed on a step): a stop, though
     one that could not checkpoint. The run continues from its last checkpoint, if it has one."""
-    from augrun.run import checkpoint
     from augrun.report.metrics_files import MetricsFiles
     from augrun.report.run_outputs import summary
+    from augrun.run import checkpoint
     if not (run_dir / checkpoint.CHECKPOINT).is_file():
         return signals.Stopped(signum, f"stopped by signal {signum} ({message}); nothing to resume")
     files = MetricsFiles(run_dir)

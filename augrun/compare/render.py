@@ -15,9 +15,9 @@ from rich.table import Table
 import augrun.compare.search as search
 from augrun.compare.runs import CompareError, RunResult, _one_line, _reason, environment_warning, find_runs, load_run
 from augrun.compare.stats import BASELINE_KEY, BASELINE_VALUE, METRICS, Group, Report, Stat, _stat, build_report
-from augrun.report.curves import InlineFigure, integer_epochs, save_figure
 from augrun.errors import printable
 from augrun.files import write_text_atomic
+from augrun.report.curves import InlineFigure, integer_epochs, save_figure
 
 CSV_COLUMNS = (
     "group", "n_seeds", "n_failed",

@@ -15,9 +15,10 @@ from matplotlib.figure import Figure
 from augrun import rundir
 from augrun.compare import RunResult, build_report, find_runs, load_run
 from augrun.compare.render import comparison_figure, comparison_markdown, comparison_rows
+from augrun.compare.runs import counts_as_completed, final_numbers
 from augrun.compare.stats import Report
-from augrun.report.curves import curves_figure
 from augrun.errors import CompareError, printable
+from augrun.report.curves import curves_figure
 
 REPORT_FILES = ("comparison.md", "comparison.csv", "comparison.png", "search.png")
 
@@ -61,12 +62,13 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.status == "completed" and self.error is None
+        return counts_as_completed(self.status, self.error)  # as `augrun compare` counts it
 
     @property
     def final(self) -> dict[str, Any]:
-        """The final numbers as the book prints them: train loss, train acc, test acc."""
-        return dict(self.summary.get("final") or (self.metrics[-1] if self.metrics else {}))
+        """The final numbers as the book prints them: train loss, train acc, test acc (and test acc with TTA), each
+        from summary.json, else from the last epoch, exactly as `augrun compare` reports them."""
+        return final_numbers(self.summary, list(self.metrics))
 
     def curves(self) -> Figure:
         """The book's plot: train loss, train acc and test acc against epoch (the run's curves.png)."""

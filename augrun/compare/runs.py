@@ -54,6 +54,23 @@ METRICS_ROW_FIELDS = {
 }  # fmt: skip
 SUMMARY_FIELDS = {"best_test_acc": Number(nullable=True), "examples_per_s": Number(nullable=True, finite=False)}
 SUMMARY_FINAL_FIELDS = {name: METRICS_ROW_FIELDS[name] for name in ("train_loss", "train_acc", "test_acc", "test_acc_tta")}
+COMPLETED = "completed"
+
+
+def counts_as_completed(status: str, error: str | None) -> bool:
+    """Whether a run is a completed seed: summary.json says it completed, and reading it back found nothing wrong."""
+    return status == COMPLETED and error is None
+
+
+def final_numbers(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's final numbers (summary.json's `final` fields: train loss, train and test acc, test acc with TTA), each
+    from summary.json, else from the last epoch row: a run killed before it wrote summary.json, or whose summary.json
+    is damaged, still shows its last epoch's numbers. The one rule for both `augrun compare` and the Python API."""
+    last = epochs[-1] if epochs else {}
+    final = summary.get("final") or {}
+    return {name: final[name] if name in final else last[name]
+            for name in SUMMARY_FINAL_FIELDS if name in final or name in last}
+
 
 @dataclass
 class RunResult:
@@ -67,12 +84,12 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "completed" and self.error is None
+        return counts_as_completed(self.status, self.error)
 
     @property
     def values(self) -> dict[str, float | None]:
-        """The run's final numbers, from summary.json, falling back to the last epoch row for anything it lacks."""
-        final = {**(self.epochs[-1] if self.epochs else {}), **(self.summary.get("final") or {})}
+        """The numbers a comparison reports: the final ones (final_numbers), the best test acc, the gap, the rate."""
+        final = final_numbers(self.summary, self.epochs)
         tests = [r["test_acc"] for r in self.epochs if r.get("test_acc") is not None]
         best = self.summary.get("best_test_acc")
         train_acc, test_acc = final.get("train_acc"), final.get("test_acc")
@@ -230,7 +247,7 @@ def load_run(run_dir: Path) -> RunResult:
     epochs, damage = _read_metrics(run_dir / rundir.METRICS)
     status = str(summary.get("status", "failed"))
     run = RunResult(run_dir, overrides, seed, status, epochs, summary, error or damage)
-    if run.error is None and status != "completed":
+    if run.error is None and status != COMPLETED:
         planned = summary.get("epochs", "?")
         run.error = _one_line(summary.get("error") or f"{status} after {len(run.epochs)} of {planned} epochs")
     elif run.error is None and run.values["test_acc"] is None:

@@ -10,8 +10,9 @@ from matplotlib.figure import Figure
 
 from augrun import rundir
 from augrun.compare.runs import RunResult
-from augrun.report.curves import save_figure
 from augrun.errors import printable
+from augrun.report.curves import save_figure
+
 
 def is_search(runs: list[RunResult]) -> bool:
     """Whether these runs are the trials of a searching sweeper, read from the Hydra config each job saved (a sweeper

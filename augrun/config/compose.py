@@ -11,10 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
 from augrun.config.command_line import CONFIG_MODULE, CommandLine
-from augrun.config.hydra_errors import (describe_composition_error, describe_parse_error, explain_omegaconf,
-                                        mapping_form)
+from augrun.config.hydra_errors import describe_composition_error, describe_parse_error, explain_omegaconf, mapping_form
 from augrun.config.schema import TrainConfig, check_ranges, register_schemas
 from augrun.errors import ConfigError, UserError, first_line
+
 
 def compose(command: CommandLine, overrides: list[str], *, blame: bool = True) -> DictConfig:
     """The config of one job, with its `hydra` node, from the command's search path and primary config.

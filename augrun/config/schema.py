@@ -16,7 +16,6 @@ from omegaconf import MISSING
 from augrun.errors import ConfigError
 
 
-
 @dataclass
 class AugConfig:
     backend: str = "auto"

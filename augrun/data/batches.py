@@ -16,7 +16,7 @@ from PIL import Image
 from augrun import signals
 from augrun.augment.pixels import to_float
 from augrun.data.datasets import DataError, ImageData
-from augrun.seeding import derive_seed
+from augrun.seeding import derive_seed, seed_batch_op_draws, seed_image_draws, seed_step_draws
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # Workers are forked where the OS can: a rank started by spawn would otherwise spawn its workers too, and each
@@ -65,7 +65,7 @@ class BatchFinisher:
             images = (images - self.mean) / self.std
         targets = labels
         if self.batch_ops:
-            self.generator.manual_seed(derive_seed(self.seed, "batch_ops", epoch, step, self.rank))
+            seed_batch_op_draws(self.generator, seed=self.seed, epoch=epoch, step=step, rank=self.rank)
             for op in self.batch_ops:
                 images, targets = op(images, labels, self.generator)
         if self.channels_last:
@@ -76,8 +76,8 @@ class BatchFinisher:
 class AugmentedImages(torch.utils.data.Dataset):
     """Map-style dataset for the cpu backend, indexed by (epoch, image index).
 
-    Each image's transform draws from a generator seeded by (seed, epoch, index), so the draws do not depend on which
-    worker handles the image or how many workers there are.
+    Each image's transform draws from torch's global RNG, seeded for that image (seeding.seed_image_draws), so the
+    draws do not depend on which worker handles the image or how many workers there are.
     """
 
     def __init__(self, data: ImageData, transform: Callable, seed: int):
@@ -93,7 +93,7 @@ class AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
-        torch.default_generator.manual_seed(derive_seed(self.seed, "aug", epoch, index))
+        seed_image_draws(seed=self.seed, epoch=epoch, index=index)
         return self.transform(Image.fromarray(self.pixels[index])), self.labels[index]
 
 
@@ -200,7 +200,7 @@ class DeviceBatches:
         images = to_float(self.images[indices])  # bit-identical to the cpu backend's ToTensor
         if self.pipeline is not None:
             # reseeded per step (a host-side call, no sync) so a resumed run draws what the original drew
-            self.generator.manual_seed(derive_seed(self.seed, "aug", epoch, step, self.rank))
+            seed_step_draws(self.generator, seed=self.seed, epoch=epoch, step=step, rank=self.rank)
             images = self.pipeline(images, self.generator)
         return self.finish(images, self.labels[indices], epoch=epoch, step=step, normalize=True)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from augrun.data import folders
-from augrun.errors import DataError, printable
 from augrun.data.splits import DataSplits, FileData, ImageData
+from augrun.errors import DataError, printable
 from augrun.registry import Registry
 from augrun.seeding import derive_seed
 

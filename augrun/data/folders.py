@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from augrun.data.decoding import ImageFileError, decode_image, read_header
+from augrun.data.splits import DataSplits, FileData, ImageData
 from augrun.errors import DataError, printable
 from augrun.files import atomic_open
-from augrun.data.splits import DataSplits, FileData, ImageData
-from augrun.data.decoding import ImageFileError, decode_image, read_header
 
-STORAGE_CHOICES = ("auto", "memory", "stream")
 # auto keeps images in memory only when they are about image_size already: within this factor of it, both ways
 ABOUT_THE_SIZE = 1.5
 SIZE_SAMPLE = 32  # files whose headers auto reads to see how large the images are

@@ -18,11 +18,11 @@ from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec
 from augrun.augment.pixels import to_float
 from augrun.data.batches import Batch, BatchFinisher, epoch_plan, worker_batches
-from augrun.errors import DataError
-from augrun.data.splits import FileData
 from augrun.data.decoding import ImageFileError, open_rgb
 from augrun.data.photos import eval_transform, split_for_device, worker_transform
-from augrun.seeding import derive_seed
+from augrun.data.splits import FileData
+from augrun.errors import DataError
+from augrun.seeding import seed_image_draws, seed_step_draws
 
 
 def _heap_trimmer() -> Callable[[], object]:
@@ -60,7 +60,7 @@ class StreamedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        torch.default_generator.manual_seed(derive_seed(self.seed, "aug", epoch, index))
+        seed_image_draws(seed=self.seed, epoch=epoch, index=index)
         try:
             photo = open_rgb(self.paths[index])
         except ImageFileError as error:
@@ -112,7 +112,7 @@ class StreamBatches:
                 images = to_float(images)  # bit-identical to the cpu backend's ToTensor
             if self.device_pipeline is not None:
                 # reseeded per step, as the resident gpu backend: a resumed run draws what the original drew
-                self.generator.manual_seed(derive_seed(self.seed, "aug", epoch, step, self.rank))
+                seed_step_draws(self.generator, seed=self.seed, epoch=epoch, step=step, rank=self.rank)
                 images = self.device_pipeline(images, self.generator)
             yield self.finish(images, labels, epoch=epoch, step=step, normalize=self.normalize)
 
@@ -123,9 +123,9 @@ def stream_sources(train: FileData, test: FileData, *, backend: str, train_ops: 
     """The train and test sources of streamed photos for the resolved backend; `shared`: batch_size, seed, rank and
     world_size."""
     if backend == "gpu":
-        from augrun.augment.gpu import GPU_OPS, GpuPipeline
+        from augrun.augment.gpu_pipeline import build_pipeline
         worker_ops, device_ops = split_for_device(train_ops)
-        pipeline = GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in device_ops]) if device_ops else None
+        pipeline = build_pipeline(device_ops) if device_ops else None
         train_batches = StreamBatches(train, worker_transform(worker_ops), finish_train, device_pipeline=pipeline,
                                       normalize=True, workers=workers, shuffle=True, drop_last=drop_last, **shared)
     else:

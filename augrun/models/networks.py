@@ -79,7 +79,8 @@ def resnet18_imagenet(*, in_channels: int, num_classes: int, width: int = 64, pr
     """torchvision's ResNet-18 for photos: 7x7 stride-2 stem, max-pool, four stages (He et al. 2016); `pretrained`:
     from torchvision's ImageNet weights (its weights API: downloaded once into torch's hub cache), with a new
     classifier for num_classes (and, for grayscale, the stem's filters summed over RGB)."""
-    from torchvision.models import ResNet18_Weights, resnet18 as torchvision_resnet18
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models import resnet18 as torchvision_resnet18
     if width != 64:
         raise ConfigError("model.width", f"got {width}; valid: 64 (torchvision's ResNet-18 has fixed widths; "
                           "model=resnet18 takes any width)")

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from augrun.errors import ConfigError
-from augrun.errors import first_line
+from augrun.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -49,16 +48,11 @@ def augmented_copies(image_uint8_chw: torch.Tensor, specs: list[OpSpec], backend
     image = image_uint8_chw.detach().cpu()
     try:
         if backend == "gpu":
-            from augrun.augment.gpu import GPU_OPS, GpuPipeline
+            from augrun.augment.gpu_pipeline import build_pipeline
             from augrun.augment.pixels import to_float
-            ops = []
-            for spec in specs:
-                try:
-                    ops.append(GPU_OPS[spec.name](**spec.kwargs))
-                except (TypeError, ValueError) as error:
-                    raise ConfigError(spec.key, first_line(error)) from None
+            pipeline = build_pipeline(specs)
             generator = torch.Generator().manual_seed(derive_seed(seed, "preview"))
-            batch = GpuPipeline(ops)(to_float(image.unsqueeze(0).repeat(count, 1, 1, 1)), generator)
+            batch = pipeline(to_float(image.unsqueeze(0).repeat(count, 1, 1, 1)), generator)
             return list(batch.clamp(0, 1).unbind(0))
         from PIL import Image
 

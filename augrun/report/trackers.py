@@ -9,6 +9,7 @@ from typing import Any
 from augrun.errors import ConfigError
 from augrun.report.metrics_files import metric_fields
 
+
 class TensorBoardLog:
     """logger=tensorboard: the per-epoch scalars as event files in the run directory (`tensorboard --logdir outputs/`)."""
 

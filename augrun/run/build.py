@@ -1,5 +1,7 @@
-"""A run's parts on one process, built from plain values: the model (laid out, wrapped for DDP or DataParallel,
-compiled), the optimizer and schedule, the loss, the precision, and the train and test batch sources."""
+"""A run's parts on one process, built from its TrainConfig, the loaded data, the parsed ops and the placement: the
+model (laid out, wrapped for DDP or DataParallel, compiled), the optimizer and schedule, the loss, the precision, and
+the train and test batch sources. This is where the config is read: each part's own builder (models, optim, augment,
+data) takes plain values."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,13 +11,14 @@ import torch
 from torch import nn
 
 from augrun.augment import cpu as cpu_backend
+from augrun.augment.gpu_pipeline import build_batch_op, build_pipeline
 from augrun.augment.ops import OpSpec
-from augrun.data.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
 from augrun.config.schema import TrainConfig
+from augrun.data.batches import BatchFinisher, DeviceBatches, WorkerBatches, check_fits_on_device
 from augrun.data.datasets import DataSplits
-from augrun.run.distributed import Placement
 from augrun.models.networks import build_model
 from augrun.models.optim import build_optimizer, build_scheduler
+from augrun.run.distributed import Placement
 from augrun.seeding import derive_seed
 
 
@@ -62,23 +65,23 @@ def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops
     """The train and test batch sources of this rank, for the resolved augmentation backend."""
     mean, std = (cfg.dataset.mean, cfg.dataset.std) if cfg.dataset.normalize else (None, None)
     channels_last = cfg.trainer.channels_last and device.type == "cuda"
+    mixing = [build_batch_op(s, num_classes=data.num_classes) for s in batch_ops]
     finish_train = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last, seed=cfg.seed,
-                                 rank=rank, batch_ops=[gpu_batch_op(s, data.num_classes) for s in batch_ops])
+                                 rank=rank, batch_ops=mixing)
     finish_test = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last)
     compiling = cfg.trainer.compile
     # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
     shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
-    if data.streamed:  # photo folders decoded per image each epoch (augrun/streaming.py)
+    if data.streamed:  # photo folders decoded per image each epoch (augrun/data/streaming.py)
         from augrun.data.streaming import stream_sources
         return stream_sources(data.train, data.test, backend=backend, train_ops=train_ops, finish_train=finish_train,
                               finish_test=finish_test, mean=mean, std=std, workers=cfg.trainer.workers,
                               eval_resize_ratio=cfg.dataset.eval_resize_ratio, drop_last=compiling, **shared)
     if backend == "gpu":
-        from augrun.augment.gpu import GPU_OPS, GpuPipeline
         if device.type == "cuda":
             nbytes = sum(part.images.nbytes + part.labels.nbytes for part in (data.train, data.test))
             check_fits_on_device(nbytes, torch.cuda.mem_get_info(device)[0], str(device))
-        pipeline = GpuPipeline([GPU_OPS[s.name](**s.kwargs) for s in train_ops]) if train_ops else None
+        pipeline = build_pipeline(train_ops) if train_ops else None  # None: nothing to draw, no per-step reseed
         train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, **shared)
         test = DeviceBatches(data.test, None, finish_test, shuffle=False, **shared)
     else:
@@ -88,12 +91,6 @@ def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops
         test = WorkerBatches(data.test, cpu_backend.build_test_transform(mean=mean, std=std), finish_test,
                              workers=workers, shuffle=False, **shared)
     return train, test
-
-
-def gpu_batch_op(spec: OpSpec, num_classes: int):
-    """A batch op (MixUp, CutMix) for the device: both backends mix labels there."""
-    from augrun.augment.gpu import BATCH_OPS
-    return BATCH_OPS[spec.name](**{"num_classes": num_classes, **spec.kwargs})
 
 
 def wrap_model(model: nn.Module, *, channels_last: bool, placement: Placement, device: torch.device,

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from augrun import signals
-from augrun.run import launchers
 from augrun.errors import INPUT_ERROR_STATUS, ConfigError, UserError
+from augrun.run import launchers
 
 
 @dataclass(frozen=True)

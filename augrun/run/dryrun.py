@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 from augrun.augment.ops import TENSOR_OPS, OpSpec, build_torchvision_op
-from augrun.errors import ConfigError
-from augrun.errors import first_line
+from augrun.errors import ConfigError, first_line
 
 DRAWS = 8  # images pushed through the train ops; BatchNorm needs at least 2 for the forward pass
 # bytes per pixel and channel while the synthetic data is made: float32 patterns, noise and their sum, then uint8
@@ -75,6 +74,7 @@ def _cpu_train_images(specs: Sequence[OpSpec], pictures: list[Image.Image], *, m
                       same_size: bool = True) -> list[torch.Tensor]:
     """Each image through each op, as the cpu backend's workers run them (PIL ops, then tensor ops)."""
     import torchvision.transforms.v2 as T
+
     from augrun.augment.cpu import build_test_transform
     ordered = [s for s in specs if s.name not in TENSOR_OPS] + [s for s in specs if s.name in TENSOR_OPS]
     to_tensor = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
@@ -98,13 +98,13 @@ def _cpu_train_images(specs: Sequence[OpSpec], pictures: list[Image.Image], *, m
 
 
 def _gpu_train_batch(specs: Sequence[OpSpec], images: torch.Tensor) -> torch.Tensor:
-    """The batch through each gpu-backend op in turn (on the CPU: the ops are plain torch)."""
-    from augrun.augment.gpu import GPU_OPS
+    """The batch through the gpu backend's pipeline (on the CPU: the ops are plain torch), one op at a time, so that a
+    failure names its op."""
+    from augrun.augment.gpu_pipeline import build_pipeline
     from augrun.augment.pixels import to_float
     batch = to_float(images) if images.dtype == torch.uint8 else images
     generator = torch.Generator().manual_seed(0)
-    for spec in specs:
-        op = GPU_OPS[spec.name](**spec.kwargs)
+    for spec, op in zip(specs, build_pipeline(specs).ops):
         batch = _apply(spec, lambda b: op(b, generator), batch)
     return batch
 
@@ -118,11 +118,11 @@ def _apply(spec: OpSpec, op, image):
 
 
 def _batch_ops(specs: Sequence[OpSpec], images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    from augrun.augment.gpu import BATCH_OPS
+    from augrun.augment.gpu_pipeline import build_batch_op
     generator = torch.Generator().manual_seed(0)
     targets = labels
     for spec in specs:
-        op = BATCH_OPS[spec.name](**{"num_classes": num_classes, **spec.kwargs})
+        op = build_batch_op(spec, num_classes=num_classes)
         try:
             images, targets = op(images, labels, generator)
         except Exception as error:

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from augrun.run import checkpoint
-from augrun.run import distributed
+from augrun.run import checkpoint, distributed
 from augrun.run.build import BuiltRun
 from augrun.run.engine import EpochState
 

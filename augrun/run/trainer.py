@@ -15,23 +15,20 @@ from typing import Any
 import torch
 
 from augrun import environment, rundir, signals
-from augrun.run import launchers
-from augrun.run import checkpoint
-from augrun.run import distributed
-from augrun.run import dryrun
 from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipeline, resolve_backend
-from augrun.run.build import BuiltRun, build_run
 from augrun.config.schema import TrainConfig
-from augrun.errors import ConfigError
 from augrun.data.datasets import DATASETS, DataSplits, choose_storage, load_dataset
-from augrun.report.drawing import write_run_preview
-from augrun.run.engine import evaluate, train_one_epoch
+from augrun.data.photos import split_for_device
+from augrun.errors import ConfigError
 from augrun.models.networks import MODELS
 from augrun.models.optim import OPTIMIZERS, SCHEDULES
+from augrun.report.drawing import write_run_preview
 from augrun.report.run_outputs import NoOutputs, RunOutputs
-from augrun.data.photos import split_for_device
-from augrun.run.progress import Checkpointer, Progress
 from augrun.report.trackers import check_logger
+from augrun.run import checkpoint, distributed, dryrun, launchers
+from augrun.run.build import BuiltRun, build_run
+from augrun.run.engine import evaluate, train_one_epoch
+from augrun.run.progress import Checkpointer, Progress
 from augrun.signals import SignalFlag
 
 

@@ -85,11 +85,62 @@ wait_idle() {  # up to WAIT_S seconds for the node to be idle (or in use: mix/al
     return 1
 }
 
+# ---------------------------------------------------------------- sacct stand-in
+# There is no slurmdbd, so the real sacct only says "Slurm accounting storage is disabled"; submitit then never learns
+# that a job ended without a result (job.result() waits forever). This sacct answers its query from scontrol.
+mkdir -p "$DIR/bin"
+cat >"$DIR/bin/sacct" <<'SACCT'
+#!/usr/bin/env bash
+# sacct stand-in for the test cluster of tests/slurm/start.sh: `sacct -o F1,F2 --parsable2 -j ID [-j ID...]` from
+# `scontrol show job` (fields JobID, JobIDRaw, JobName, State, NodeList, ExitCode, Restarts, Partition; others empty).
+fields="JobID,State,NodeList"; ids=""; header=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -j|--jobs) ids="$ids ${2//,/ }"; shift 2 ;;
+        --jobs=*) v=${1#--jobs=}; ids="$ids ${v//,/ }"; shift ;;
+        -j*) v=${1#-j}; ids="$ids ${v//,/ }"; shift ;;
+        -o|--format) fields=$2; shift 2 ;;
+        --format=*) fields=${1#--format=}; shift ;;
+        -n|--noheader) header=""; shift ;;
+        *) shift ;;
+    esac
+done
+IFS=, read -r -a names <<<"$fields"
+[ -n "$header" ] && (IFS='|'; echo "${names[*]}")
+for id in $ids; do
+    scontrol show job -o "$id" 2>/dev/null | while read -r line; do
+        case "$line" in JobId=*) ;; *) continue ;; esac
+        get() { printf ' %s\n' "$line" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+        jid=$(get JobId); task=$(get ArrayTaskId)
+        [ -n "$task" ] && [ "$task" != N/A ] && jid="$(get ArrayJobId)_$task"
+        case "$jid" in *_*-*|*_*,*) jid="${jid%%_*}_[${jid#*_}]" ;; esac
+        out=()
+        for n in "${names[@]}"; do
+            case "${n,,}" in
+                jobid) out+=("$jid") ;;
+                jobidraw) out+=("$(get JobId)") ;;
+                jobname) out+=("$(get JobName)") ;;
+                state) out+=("$(get JobState)") ;;
+                nodelist) out+=("$(get NodeList)") ;;
+                exitcode) out+=("$(get ExitCode)") ;;
+                restarts) out+=("$(get Restarts)") ;;
+                partition) out+=("$(get Partition)") ;;
+                *) out+=("") ;;
+            esac
+        done
+        (IFS='|'; echo "${out[*]}")
+    done
+done
+exit 0
+SACCT
+chmod 755 "$DIR/bin/sacct"
+
 # ---------------------------------------------------------------- already running for DIR?
 if [ -f "$CONF" ] && alive "$DIR/munged.pid" munged && alive "$DIR/slurmctld.pid" slurmctld && alive "$DIR/slurmd.pid" slurmd; then
     NODE=$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$CONF")
     if wait_idle; then
         echo "export SLURM_CONF=$CONF"
+        echo "export PATH=$DIR/bin:\$PATH  # sacct stand-in (no slurmdbd)"
         exit 0
     fi
     failed "daemons for $DIR run but node $NODE is not idle ($(node_state)); see $DIR/slurmctld.log"
@@ -174,6 +225,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=1,sched_min_interval=0,default_queue_depth=100
+# A job in partition "urgent" preempts (requeues) jobs of "debug"; these get --signal's signal at once, with SIGTERM.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
 JobRequeue=1
 KillWait=10
 OverTimeLimit=0
@@ -190,7 +245,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/log/jobcomp.log
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES PriorityTier=1 PreemptMode=REQUEUE GraceTime=10
+PartitionName=urgent Nodes=$NODE MaxTime=INFINITE State=UP OverSubscribe=YES PriorityTier=2 PreemptMode=OFF
 EOF
 
 # ---------------------------------------------------------------- munged
@@ -225,3 +281,4 @@ if ! wait_idle "$started"; then
     failed "node $NODE not idle after ${WAIT_S}s (state: ${st:-no answer}); see $DIR/log/slurmctld.log"
 fi
 echo "export SLURM_CONF=$CONF"
+echo "export PATH=$DIR/bin:\$PATH  # sacct stand-in (no slurmdbd)"
