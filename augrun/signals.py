@@ -25,7 +25,12 @@ from types import FrameType
 
 from augrun import rundir
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGUSR2: Slurm's warning that the job's time limit is near (`--signal=USR2@<seconds>`, as submitit asks for it),
+# sent to every process of the job: a stop like the others, after which the job is requeued and continues
+TIME_LIMIT_SIGNAL = signal.SIGUSR2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, TIME_LIMIT_SIGNAL)
+# the signals a DataLoader worker ignores: only its parent's SIGTERM (a shutdown) means anything to it
+IGNORED_BY_WORKERS = (signal.SIGINT, TIME_LIMIT_SIGNAL)
 
 
 class Stopped(BaseException):
@@ -145,12 +150,13 @@ def leave_to_parent(worker_id: int = 0) -> None:
     """In a DataLoader worker (its worker_init_fn; forked under `held_for_children`): SIGINT and SIGTERM sent to the
     group are the parent's to act on, and the parent needs this worker's batches until it has checkpointed.
 
-    SIGINT is ignored (the parent never sends it). SIGTERM stays held and a thread takes each one: from the parent it
-    is a shutdown (DataLoader's terminate(), at exit), and the worker exits as torch's own handler would; from anyone
-    else (`kill` on the group, Slurm) it is ignored.
+    SIGINT and SIGUSR2 are ignored (the parent never sends them). SIGTERM stays held and a thread takes each one: from
+    the parent it is a shutdown (DataLoader's terminate(), at exit), and the worker exits as torch's own handler would;
+    from anyone else (`kill` on the group, Slurm) it is ignored.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    for signum in IGNORED_BY_WORKERS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED_BY_WORKERS)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # already, when forked under held_for_children
     if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart (macOS): torch's handling, as before
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
-from augrun.config.command_line import CommandLine
+from augrun.config.command_line import CommandLine, override_key
 from augrun.config.compose import compose, expand_jobs, to_train_config
 from augrun.config.schema import TrainConfig
 from augrun.errors import UserError, printable
+from augrun.run import launchers
 
 if TYPE_CHECKING:
     from augrun.run.trainer import Prepared
@@ -40,8 +41,10 @@ class Job:
 
     @property
     def typed(self) -> TrainConfig:
-        """The config the job runs with: a job of a resumed sweep that never started has nothing to resume."""
-        return replace(self.composed, resume=False) if self.progress == "new" and self.composed.resume else self.composed
+        """The config the job runs with: a job that never started has nothing to resume, an interrupted one resumes."""
+        if self.progress in ("new", "interrupted"):
+            return replace(self.composed, resume=self.progress == "interrupted")
+        return self.composed
 
 
 @dataclass
@@ -66,7 +69,7 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
     jobs_overrides = expand_jobs(command)
     configs = [compose(command, overrides) for overrides in jobs_overrides]
     target = _target(configs[0], command.multirun)
-    resume = to_train_config(configs[0]).resume
+    resume = to_train_config(configs[0]).resume or launchers.requeued()  # a requeued job continues in its directory
     if target.from_clock and not resume:
         target = replace(target, path=rundir.first_unused(target.path))
     rundir.check_writable(target.path, target.key)
@@ -79,14 +82,34 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
     for job in jobs:
         prepare_job(job, visible_gpus=visible_gpus(), loaded=loaded, rehearse=True, warn=job.notes.append)
     claimed = rundir.claim(target.path, target.key, kind=target.kind, resume=resume, may_rename=target.from_clock)
-    return CheckedCommand(command.hydra_argv([f"{target.key}={quote_override_value(str(claimed))}"]), claimed, jobs)
+    extra = [f"{target.key}={quote_override_value(str(claimed))}", *_launcher_overrides(configs[0], command)]
+    return CheckedCommand(command.hydra_argv(extra), claimed, jobs)
+
+
+# Hydra's submitit plugin's Slurm launcher runs as augrun's subclass of it (augrun.run.slurm_launcher: checkpoint before
+# a requeue, multi-task DDP, bounded waits), with requeues enough for a run longer than its time limit (the plugin's
+# max_num_timeout is 0: a job at its limit would end there) unless the command sets them.
+PLUGIN_SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+AUGRUN_SLURM_LAUNCHER = "augrun.run.slurm_launcher.SlurmLauncher"
+SLURM_REQUEUES = 20
+
+
+def _launcher_overrides(cfg: DictConfig, command: CommandLine) -> list[str]:
+    if OmegaConf.select(cfg, "hydra.launcher._target_") != PLUGIN_SLURM_LAUNCHER:
+        return []
+    extra = [f"hydra.launcher._target_={AUGRUN_SLURM_LAUNCHER}"]
+    set_here = any(override_key(o) == "hydra.launcher.max_num_timeout" for o in command.overrides)
+    if not set_here and OmegaConf.select(cfg, "hydra.launcher.max_num_timeout") == 0:  # the plugin's default
+        extra.append(f"hydra.launcher.max_num_timeout={SLURM_REQUEUES}")
+    return extra
 
 
 def new_job(number: int, composed: TrainConfig, run_dir: Path, *, multirun: bool) -> Job:
-    """A job and where it stands: in a resumed sweep, finished jobs are kept, interrupted ones continue, the others
-    start."""
+    """A job and where it stands. In a resumed sweep, and in a Slurm job that Slurm started again (a requeue after a
+    time limit or a preemption, which continues by itself), finished jobs are kept, interrupted ones continue from
+    their checkpoint exactly as resume=true would, and the others start."""
     job = Job(number, composed, run_dir)
-    if multirun and composed.resume:
+    if (multirun and composed.resume) or launchers.requeued():
         job.progress = rundir.job_progress(run_dir)
     return job
 

@@ -120,10 +120,12 @@ def train_task(cfg: DictConfig) -> float | None:
         message, status = _describe_failure(error)
         if flag.signum is not None:
             stopped = _stopped_by_failure(flag.signum, message, run_dir, typed)
+    writes = launchers.writes_run_dir()  # in a launcher's group, rank 0 alone
     if stopped is not None:  # raised here, not in the except block: the error's frames (and workers) are let go first
-        _release_unstarted_run(run_dir)
+        if writes:
+            _release_unstarted_run(run_dir)
         raise stopped
-    if typed is not None and not typed.resume:
+    if typed is not None and not typed.resume and writes:
         _write_failure_summary(run_dir, message)
     if not multirun:
         raise JobFailed(message, status, user_error)

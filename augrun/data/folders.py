@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from augrun import signals
 from augrun.data.decoding import ImageFileError, decode_image, read_header
 from augrun.data.splits import DataSplits, FileData, ImageData
 from augrun.errors import DataError, printable
@@ -198,9 +199,11 @@ _DECODE_CHUNK = 1024  # images per task of the decoding processes
 
 def _decoder_signal_handlers() -> None:
     """A forked decoding process inherits augrun's SIGTERM handler, which only sets a flag: then the pool could not
-    stop it. SIGTERM ends it again; Ctrl-C (SIGINT, sent to the whole process group) is left to the main process."""
+    stop it. SIGTERM ends it again; Ctrl-C (SIGINT, sent to the whole process group) and Slurm's time-limit warning
+    are left to the main process."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in signals.IGNORED_BY_WORKERS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _decode_chunk(chunk: tuple[list[Path], int]) -> np.ndarray:

@@ -57,10 +57,20 @@ def resolve_devices(devices: Any, *, nprocs: int | None, strategy: str, visible_
     """
     placement = _resolve(devices, nprocs=nprocs, strategy=strategy, visible_gpus=visible_gpus, job_num=job_num)
     member = launchers.group_member()
-    if member is not None:
-        world = member.world_size
-        return Placement(placement.kind, placement.gpu_indices, world, "ddp" if world > 1 else "single")
-    return placement
+    if member is None:
+        return placement
+    indices = placement.gpu_indices
+    if placement.kind == "cuda" and len(indices) > 1 and member.local_rank >= len(indices):
+        raise ConfigError("trainer.devices", f"{member.launcher} started {member.local_rank + 1} or more processes on "
+                          f"this node, which sees {len(indices)} GPUs; valid: one GPU per process (Slurm: "
+                          "--gpus-per-task=1, or gpus_per_node equal to tasks_per_node), or trainer.devices=cpu")
+    world = member.world_size
+    return Placement(placement.kind, indices, world, "ddp" if world > 1 else "single")
+
+
+def member_device(placement: Placement, member: launchers.GroupMember) -> torch.device:
+    """A launcher's rank takes the node's GPU of its local rank, or the one GPU it sees (Slurm binds one per task)."""
+    return placement.device(member.local_rank if len(placement.gpu_indices) > 1 else 0)
 
 
 def _resolve(devices: Any, *, nprocs: int | None, strategy: str, visible_gpus: int, job_num: int) -> Placement:
@@ -111,7 +121,8 @@ def run_on_every_rank(worker: Callable[..., Any], placement: Placement, *args: A
     """Run worker(rank, world_size, device, *args) in every process of the run."""
     member = launchers.group_member()
     if member is not None:
-        _run_in_group(worker, member.rank, member.world_size, placement.device(member.local_rank), args)
+        _run_in_group(worker, member.rank, member.world_size, member_device(placement, member), args,
+                      init_method=member.init_method)
     elif placement.nprocs > 1:
         # the address goes to the ranks, not into this process's environment: there it would read as half a torchrun
         # set-up to the next run of a notebook's kernel

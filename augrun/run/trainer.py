@@ -92,7 +92,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
         warn(f"trainer.workers={cfg.trainer.workers} on {cores} CPU cores: workers will compete for them")
 
     config_dict = comparable_config(cfg)
-    if cfg.resume and _reads_run_dir():
+    if cfg.resume and launchers.writes_run_dir():  # rank 0 reads the checkpoint and broadcasts it to the others
         check_resume(run_dir, cfg)
     if rehearse:
         mean, std = (d.mean, d.std) if d.normalize else (None, None)
@@ -120,13 +120,6 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
     return Prepared(cfg, run_dir, placement, backend, train_ops, batch_ops, data, None, config_dict)
 
 
-def _reads_run_dir() -> bool:
-    """In a launcher's group only rank 0 reads the run directory (the others have a throwaway one): it reads the
-    checkpoint, and broadcasts it to the others."""
-    member = launchers.group_member()
-    return member is None or member.writes
-
-
 def check_resume(run_dir: Path, cfg: TrainConfig) -> None:
     """Refuse to resume from a checkpoint written with another config (the state itself is read when the run starts:
     a sweep's plan holds no checkpoints)."""
@@ -146,7 +139,8 @@ def load_resume_state(run_dir: Path, config_dict: dict[str, Any]) -> dict[str, A
 def run(prepared: Prepared) -> None:
     """Train the prepared run in every process of it (the checkpoint to resume is read here, once)."""
     cfg = prepared.cfg
-    resume_state = load_resume_state(prepared.run_dir, prepared.config_dict) if cfg.resume and _reads_run_dir() else None
+    reads = cfg.resume and launchers.writes_run_dir()
+    resume_state = load_resume_state(prepared.run_dir, prepared.config_dict) if reads else None
     # the command line is read here: a spawned rank's own is multiprocessing's
     launched = dataclasses.replace(prepared, resume_state=resume_state, command=environment.command_line())
     distributed.run_on_every_rank(_worker, prepared.placement, launched)
@@ -172,8 +166,11 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
                      f"{signals.resume_hint(p.run_dir)}" if cfg.resume else signals.before_training_note(flag.signum))
         raise StopRun(flag.signum)
     checkpointer = Checkpointer(p.run_dir / rundir.CHECKPOINT, run, config=p.config_dict, is_main=rank == 0)
-    if cfg.resume:
-        progress = checkpointer.restore(distributed.broadcast_object(p.resume_state), device)
+    # rank 0 alone reads the run directory: whether the run resumes is its decision (a requeued Slurm job decides by
+    # what the directory holds), and its checkpoint is every rank's
+    resume_state = distributed.broadcast_object(p.resume_state)
+    if resume_state is not None:
+        progress = checkpointer.restore(resume_state, device)
         outputs.resumed(progress.records, progress.epoch, progress.state.next_step)
     else:
         progress = Progress.fresh(device)

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Start a private single-node Slurm cluster (munged + slurmctld + slurmd) whose files all live under DIR.
 #
-#   tests/slurm/start.sh DIR      -> prints "export SLURM_CONF=DIR/slurm.conf" on stdout
-#   tests/slurm/stop.sh DIR       -> stops it again
+#   tests/slurm/start.sh DIR      -> prints "export SLURM_CONF=DIR/slurm.conf" and "export PATH=DIR/bin:$PATH" (a sacct
+#                                    stand-in: there is no slurmdbd) on stdout
+#   tests/slurm/stop.sh DIR       -> cancels its jobs and stops it again
+# Measured figures and Slurm's timing rules (time limits are checked every 30 s): tests/slurm/README.md.
 #
 # Installs Debian's slurm-wlm and munge first when they are missing and we are root.
 # Exit codes: 0 running (idempotent: a second call for the same DIR only prints the export line),
 #             2 usage, 3 Slurm is not available here (one line on stderr says why), 4 it failed to start
 #             (one line on stderr, with the log to read).
 # Environment: SLURM_TEST_CPUS (CPUs the node declares; default max(real CPUs, 4): Slurm is told to trust the
-#              configuration, so jobs and tasks may oversubscribe a 2-core machine), SLURM_TEST_WAIT_S (30).
+#              configuration, so jobs and tasks may oversubscribe a 2-core machine), SLURM_TEST_WAIT_S (30),
+#              SLURM_TEST_NODE (the node's name, default localhost). Works as root or, once installed, as any user.
 set -u
 export PATH="$PATH:/usr/sbin:/sbin:/usr/bin:/bin"
 unset SLURM_JOB_ID SLURM_JOBID SLURM_STEP_ID SLURM_NODELIST SLURM_JOB_NODELIST  # never inherit an outer job
@@ -25,7 +28,12 @@ export SLURM_CONF="$CONF"
 WAIT_S=${SLURM_TEST_WAIT_S:-30}
 
 unavailable() { echo "slurm: $*" >&2; exit 3; }
-failed() { echo "slurm: $*" >&2; exit 4; }
+failed() {  # stop whatever this call started, then say why
+    "$(dirname "$0")/stop.sh" "$DIR" >/dev/null 2>&1
+    echo "slurm: $*" >&2
+    exit 4
+}
+last_error() { grep -h -E 'fatal|error' "$@" 2>/dev/null | grep -v -E 'pmix|MPI|state file|NOTE:' | tail -n 1; }
 
 # ---------------------------------------------------------------- install
 missing=""
@@ -143,7 +151,7 @@ if [ -f "$CONF" ] && alive "$DIR/munged.pid" munged && alive "$DIR/slurmctld.pid
         echo "export PATH=$DIR/bin:\$PATH  # sacct stand-in (no slurmdbd)"
         exit 0
     fi
-    failed "daemons for $DIR run but node $NODE is not idle ($(node_state)); see $DIR/slurmctld.log"
+    failed "daemons for $DIR run but node $NODE is not idle ($(node_state)); see $DIR/log/slurmctld.log"
 fi
 # Half-started (some daemons missing): stop the rest and start afresh.
 "$(dirname "$0")/stop.sh" "$DIR" >/dev/null 2>&1
@@ -159,8 +167,9 @@ fi
 mkdir -p "$DIR/state" "$DIR/spool" "$DIR/munge" "$DIR/log" || failed "cannot create directories under $DIR"
 chmod 755 "$DIR/munge"  # munged wants the socket directory searchable by all
 
-NODE=$(hostname -s 2>/dev/null)
-[ -n "$NODE" ] || NODE=localhost
+# The node is called localhost: job node lists (SLURM_NODELIST, SLURM_STEP_NODELIST, a DDP rendezvous host taken from
+# them) then resolve on any machine, whatever its own host name and /etc/hosts say.
+NODE=${SLURM_TEST_NODE:-localhost}
 USER_NAME=$(id -un)
 
 # CPUs and memory as slurmd sees them ("NodeName=vm CPUs=2 Boards=1 ... RealMemory=23976")
@@ -171,13 +180,14 @@ MEM=$(printf '%s' "$HW" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 [ -n "$MEM" ] || MEM=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)
 CPUS=${SLURM_TEST_CPUS:-$((REAL_CPUS > 4 ? REAL_CPUS : 4))}
 
-# Two free TCP ports (slurmctld, slurmd), chosen below the ephemeral range, stable for a DIR when free.
+# Two free TCP ports (slurmctld, slurmd) in 10000-18999: below the ephemeral range and below the ports augrun derives
+# for a Slurm step's DDP group (20000-39999); stable for a DIR while free.
 pick_ports() {
     python3 - "$DIR" <<'EOF' 2>/dev/null
 import socket, sys, zlib
-base = 20000 + zlib.crc32(sys.argv[1].encode()) % 10000
+base = 10000 + zlib.crc32(sys.argv[1].encode()) % 9000
 found = []
-for p in list(range(base, 30000)) + list(range(20000, base)):
+for p in list(range(base, 19000)) + list(range(10000, base)):
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", p)); s.close()
@@ -225,7 +235,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=1,sched_min_interval=0,default_queue_depth=100
-# A job in partition "urgent" preempts (requeues) jobs of "debug"; these get --signal's signal at once, with SIGTERM.
+# A job in partition "urgent" preempts (requeues) jobs of "debug": they get their --signal signal (e.g. USR2) at once,
+# then, at the first 30-s time-limit check after GraceTime (10 s), SIGCONT+SIGTERM, SIGKILL KillWait later, and requeue.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
@@ -269,14 +280,16 @@ until [ -S "$MUNGE_SOCKET" ] && alive "$DIR/munged.pid" munged; do
 done
 
 # ---------------------------------------------------------------- slurmctld, slurmd
-slurmctld -i >>"$DIR/log/slurmctld.out" 2>&1 || failed "slurmctld did not start; see $DIR/log/slurmctld.log"
+slurmctld -i >>"$DIR/log/slurmctld.out" 2>&1 \
+    || failed "slurmctld did not start: $(last_error "$DIR/log/slurmctld.out" "$DIR/log/slurmctld.log") (see $DIR/log/)"
 started=$(($(date +%s) - 1))
-slurmd -N "$NODE" >>"$DIR/log/slurmd.out" 2>&1 || failed "slurmd did not start; see $DIR/log/slurmd.log"
+slurmd -N "$NODE" >>"$DIR/log/slurmd.out" 2>&1 \
+    || failed "slurmd did not start: $(last_error "$DIR/log/slurmd.out" "$DIR/log/slurmd.log") (see $DIR/log/)"
 
 if ! wait_idle "$started"; then
     st=$(node_state)
     for d in slurmctld slurmd; do
-        alive "$DIR/$d.pid" "$d" || failed "$d exited; see $DIR/log/$d.log: $(grep -i -E 'error|fatal' "$DIR/log/$d.log" 2>/dev/null | tail -n 1)"
+        alive "$DIR/$d.pid" "$d" || failed "$d exited: $(last_error "$DIR/log/$d.log") (see $DIR/log/)"
     done
     failed "node $NODE not idle after ${WAIT_S}s (state: ${st:-no answer}); see $DIR/log/slurmctld.log"
 fi
