@@ -90,7 +90,7 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
 # a requeue, multi-task DDP, bounded waits), with requeues enough for a run longer than its time limit (the plugin's
 # max_num_timeout is 0: a job at its limit would end there) unless the command sets them.
 PLUGIN_SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-AUGRUN_SLURM_LAUNCHER = "augrun.run.slurm_launcher.SlurmLauncher"
+AUGRUN_SLURM_LAUNCHER = "hydra_plugins.augrun_launchers.AugrunSlurmLauncher"
 SLURM_REQUEUES = 20
 
 

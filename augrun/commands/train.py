@@ -59,15 +59,45 @@ def execute(command: CommandLine) -> TrainOutcome:
         checked = precheck.precheck_train(command, visible_gpus=_visible_gpus)
         hydra_argv, claimed = checked.hydra_argv, checked.claimed
         _PLANNED.update({job.number: job for job in checked.jobs})
+    if any(arg.endswith(precheck.AUGRUN_SLURM_LAUNCHER) for arg in hydra_argv):
+        _register_augrun_launcher()
     try:
         run_hydra(train_task, "train", hydra_argv)
     except signals.Stopped as stop:
         stop.target = claimed  # for the caller's note on how to resume
+        if stop.signum == signals.TIME_LIMIT_SIGNAL:
+            _requeue_at_time_limit(stop)
         raise
     finally:
         _PLANNED.clear()
     failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
     return TrainOutcome(claimed, command.multirun, failed)
+
+
+def _register_augrun_launcher() -> None:
+    """Hydra instantiates launchers from its plugin registry, filled by a scan of the hydra_plugins folders on disk,
+    which misses augrun's own under an editable install (`pip install -e`): register it by hand, as Hydra allows."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.augrun_launchers import AugrunSlurmLauncher
+    Plugins.instance().register(AugrunSlurmLauncher)
+
+
+def _requeue_at_time_limit(stop: signals.Stopped) -> None:
+    """A Slurm job warned of its time limit (sbatch --signal=USR2@<seconds>) has checkpointed: rank 0 requeues it, as
+    Lightning does, and the job runs again and continues by itself (launchers.requeued). Jobs of submitit's launcher
+    are requeued by submitit (augrun.run.slurm_launcher) and never come here."""
+    import subprocess
+    job = launchers.slurm_job_id()
+    if job is None or not launchers.writes_run_dir():
+        return
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        failure = done.stderr.strip() if done.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as error:
+        failure = str(error)
+    stop.note = (f"{stop.note} " if stop.note else "") + (
+        f"Slurm job {job} requeued: it continues from its checkpoint when it runs again" if not failure else
+        f"Slurm job {job} could not be requeued ({failure}); run it again to continue from its checkpoint")
 
 
 def before_hydra_runs(frame) -> bool:

@@ -1,5 +1,5 @@
-"""Hydra's submitit launcher as augrun runs a sweep on Slurm (`hydra/launcher=submitit_slurm`, which augrun's config
-store points here). What it adds to the plugin:
+"""Hydra's submitit launcher as augrun runs a sweep on Slurm (`hydra/launcher=submitit_slurm`, which the pre-check
+points at hydra_plugins.augrun_launchers.AugrunSlurmLauncher, whose work is done here). What it adds to the plugin:
 
 - A job warned of its time limit (SIGUSR2, `signal_delay_s` before it) or preempted (SIGTERM) stops as on Ctrl-C:
   the training loop finishes its step and writes a mid-epoch checkpoint first. Then submitit's own handler requeues a
@@ -20,61 +20,58 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 
 from augrun import signals
 from augrun.run import launchers
 
 POLL_S = 2.0               # how often the sweep looks for results and asks squeue
-GONE_GRACE_S = 90.0        # a job absent from squeue this long, with no result, has left Slurm (a requeue is shorter)
+GONE_GRACE_S = 30.0        # a job absent from squeue this long without a result has left Slurm (a requeued job is listed)
 CANCEL_WAIT_S = 180.0      # after cancelling on a signal: how long the jobs get to checkpoint and end
 SQUEUE_TIMEOUT_S = 30.0
 
 
-class SlurmLauncher(SubmititSlurmLauncher):
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict[type, Singleton]) -> JobReturn:
-        """One task of a job, on a Slurm node."""
-        requeue = signal.getsignal(signals.TIME_LIMIT_SIGNAL)  # submitit's: checkpoint() this call, then requeue
-        member = launchers.group_member()
-        if member is not None and not member.writes:
-            sweep_overrides = [*sweep_overrides, "hydra.output_subdir=null"]  # rank 0 writes the job's directory
-        try:
-            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
-        except signals.Stopped as stop:  # the run has checkpointed (augrun.commands.train printed what happened)
-            if stop.signum == signals.TIME_LIMIT_SIGNAL and callable(requeue):
-                requeue(stop.signum, None)  # rank 0 requeues and exits; the other ranks return here and exit too
-            sys.exit(stop.status)  # no result file: a preempted job runs again, a cancelled one is reported gone
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Submit the jobs as the plugin does, then wait for them in augrun's way."""
-        import submitit
-
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
-                                         slurm_max_num_timeout=self.params["max_num_timeout"])
-        queue_keys = set(OmegaConf.structured(_base_queue_conf()).keys())
-        executor.update_parameters(**{key if key in queue_keys else f"{self._EXECUTOR}_{key}": value
-                                      for key, value in self.params.items()
-                                      if key not in ("submitit_folder", "max_num_timeout")})
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        arguments = []
-        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
-            print(f"augrun: submitting job {number}: {' '.join(filter_overrides(overrides))}", file=sys.stderr)
-            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
-        jobs = executor.map_array(self, *zip(*arguments))
-        print(f"augrun: Slurm job(s) {', '.join(job.job_id for job in jobs)}; waiting for them", file=sys.stderr)
-        return wait_for(jobs, first_number=initial_job_idx, sweep_dir=Path(str(self.config.hydra.sweep.dir)))
+def run_task(plugin_call: Callable[..., JobReturn], sweep_overrides: list[str], job_dir_key: str, job_num: int,
+             job_id: str, singleton_state: dict) -> JobReturn:
+    """One task of a job, on a Slurm node: the plugin's run of the Hydra job (`plugin_call`), with rank 0 alone
+    writing Hydra's files, and a stop handed to submitit's requeue once the run has checkpointed."""
+    requeue = signal.getsignal(signals.TIME_LIMIT_SIGNAL)  # submitit's: checkpoint() this call, then requeue
+    member = launchers.group_member()
+    if member is not None and not member.writes:
+        sweep_overrides = [*sweep_overrides, "hydra.output_subdir=null"]  # rank 0 writes the job's directory
+    try:
+        return plugin_call(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+    except signals.Stopped as stop:  # the run has checkpointed; augrun.commands.train said what happened
+        if stop.signum == signals.TIME_LIMIT_SIGNAL and callable(requeue):
+            requeue(stop.signum, None)  # rank 0 requeues the job and exits; the other ranks return and exit too
+        sys.exit(stop.status)  # no result file: a preempted job runs again, a cancelled one is reported gone
 
 
-def _base_queue_conf():
+def submit_and_wait(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """Submit the jobs as the plugin does (its options, one job array), then wait for them in augrun's way."""
+    import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    return BaseQueueConf
+
+    params, cluster = launcher.params, launcher._EXECUTOR
+    executor = submitit.AutoExecutor(cluster=cluster, folder=params["submitit_folder"],
+                                     **{f"{cluster}_max_num_timeout": params["max_num_timeout"]})
+    queue_keys = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in queue_keys else f"{cluster}_{key}": value
+                                  for key, value in params.items() if key not in ("submitit_folder", "max_num_timeout")})
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    arguments = []
+    for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+        print(f"augrun: submitting job {number}: {' '.join(filter_overrides(overrides))}", file=sys.stderr)
+        arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
+    jobs = executor.map_array(launcher, *zip(*arguments))
+    print(f"augrun: Slurm job(s) {', '.join(job.job_id for job in jobs)}; waiting for them", file=sys.stderr)
+    return wait_for(jobs, first_number=initial_job_idx, sweep_dir=sweep_dir)
 
 
 def wait_for(jobs: list, *, first_number: int, sweep_dir: Path) -> list[JobReturn]:
