@@ -78,6 +78,7 @@ def _register_augrun_launcher() -> None:
     """Hydra instantiates launchers from its plugin registry, filled by a scan of the hydra_plugins folders on disk,
     which misses augrun's own under an editable install (`pip install -e`): register it by hand, as Hydra allows."""
     from hydra.core.plugins import Plugins
+
     from hydra_plugins.augrun_launchers import AugrunSlurmLauncher
     Plugins.instance().register(AugrunSlurmLauncher)
 

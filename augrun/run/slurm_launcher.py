@@ -31,7 +31,13 @@ from augrun import signals
 from augrun.run import launchers
 
 POLL_S = 2.0               # how often the sweep looks for results and asks squeue
-GONE_GRACE_S = 30.0        # a job absent from squeue this long without a result has left Slurm (a requeued job is listed)
+# A job that Slurm lists as ended (or no longer lists) and that has no result file after these many seconds ended
+# without one (cancelled, killed, node failure): the grace covers a result file still on its way over a shared file
+# system. A requeued job is listed as pending meanwhile, and waited for.
+ENDED_GRACE_S = 20.0
+GONE_GRACE_S = 30.0
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED", "RESV_DEL_HOLD"}
 CANCEL_WAIT_S = 180.0      # after cancelling on a signal: how long the jobs get to checkpoint and end
 SQUEUE_TIMEOUT_S = 30.0
 
@@ -75,23 +81,24 @@ def submit_and_wait(launcher, job_overrides: Sequence[Sequence[str]], initial_jo
 
 
 def wait_for(jobs: list, *, first_number: int, sweep_dir: Path) -> list[JobReturn]:
-    """Each job's JobReturn, once every job has a result or has left Slurm without one."""
+    """Each job's JobReturn, once every job has a result or has ended without one."""
     flag = signals.SignalFlag.installed()
     returns: dict[int, JobReturn] = {}
-    last_seen = {index: time.monotonic() for index in range(len(jobs))}
+    last_active = {index: time.monotonic() for index in range(len(jobs))}
     cancelled_at = None
     while len(returns) < len(jobs):
-        queued = _squeue_states([job.job_id for index, job in enumerate(jobs) if index not in returns])
+        states = _squeue_states([job.job_id for index, job in enumerate(jobs) if index not in returns])
         now = time.monotonic()
         for index, job in enumerate(jobs):
             if index in returns:
                 continue
+            state = None if states is None else states.get(job.job_id, "")
             if job.paths.result_pickle.exists():
                 returns[index] = _result(job, first_number + index)
-            elif job.job_id in queued or queued is None:  # None: squeue did not answer; ask again
-                last_seen[index] = now
-            elif now - last_seen[index] > GONE_GRACE_S:
-                returns[index] = _gone(job, first_number + index, cancelled=cancelled_at is not None)
+            elif state is None or state in ACTIVE_STATES:  # None: squeue did not answer; ask again
+                last_active[index] = now
+            elif now - last_active[index] > (ENDED_GRACE_S if state else GONE_GRACE_S):
+                returns[index] = _ended(job, first_number + index, state or "no longer known to Slurm")
         if flag.signum is not None and cancelled_at is None:
             cancelled_at = now
             pending = [job.job_id for index, job in enumerate(jobs) if index not in returns]
@@ -117,10 +124,9 @@ def _result(job, number: int) -> JobReturn:
         return _failed_return(number, f"Slurm job {job.job_id} failed: {str(error).splitlines()[0]}")
 
 
-def _gone(job, number: int, *, cancelled: bool) -> JobReturn:
-    why = "cancelled" if cancelled else "left Slurm without a result (cancelled, timed out for good, or its node " \
-        "failed); its log: " + str(job.paths.stderr)
-    return _failed_return(number, f"Slurm job {job.job_id} {why}")
+def _ended(job, number: int, state: str) -> JobReturn:
+    return _failed_return(number, f"Slurm job {job.job_id} ended without a result ({state}); its log: "
+                                  f"{job.paths.stderr}")
 
 
 def _failed_return(number: int, message: str) -> JobReturn:
@@ -132,20 +138,20 @@ def _failed_return(number: int, message: str) -> JobReturn:
     return returned
 
 
-def _squeue_states(job_ids: list[str]) -> set[str] | None:
-    """The ids among `job_ids` (array tasks as 123_4) that Slurm still holds in any state (pending, running,
-    requeued, completing); None when squeue did not answer."""
+def _squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """The state of each of `job_ids` (array tasks as 123_4) that slurmctld still holds, ended ones included (for
+    MinJobAge); None when squeue did not answer."""
     if not job_ids:
-        return set()
+        return {}
     try:
-        listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(job_ids)],
-                                capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
+        listed = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i %T",
+                                 "--jobs", ",".join(job_ids)], capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if listed.returncode != 0:
         # squeue refuses the whole list when one id has left the controller's memory ("Invalid job id")
-        return set() if "Invalid job id" in listed.stderr else None
-    return {line.strip() for line in listed.stdout.splitlines() if line.strip()}
+        return {} if "Invalid job id" in listed.stderr else None
+    return dict(line.split(None, 1) for line in listed.stdout.splitlines() if len(line.split()) == 2)
 
 
 def _scancel(job_ids: list[str]) -> None:
