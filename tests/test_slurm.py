@@ -8,6 +8,7 @@ Time limits are checked by slurmctld every 30 s, so a job with `timeout_min=1 si
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -164,3 +165,17 @@ def test_srun_with_two_tasks_in_an_sbatch_script_is_one_ddp_run(cluster, tmp_pat
     assert without_timing(read_metrics(tmp_path / "run")) == two_process_reference
     assert (tmp_path / "job.out").read_text().count("examples/sec on ['cpu', 'cpu']") == 1  # rank 0 alone speaks
 
+
+
+def test_ctrl_c_to_a_sweep_cancels_its_jobs_after_their_checkpoints(cluster, tmp_path: Path):
+    sweep = subprocess.Popen([sys.executable, "-m", "augrun", "train", "-m", *SLURM, *MEDIUM, "seed=0",
+                              "hydra.sweep.dir=sweep"], cwd=tmp_path, env=cluster, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "sweep" / "0"
+    when(lambda: (run_dir / "metrics.jsonl").is_file() and len(epochs(run_dir)) >= 3)
+    sweep.send_signal(signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, stderr
+    assert "cancelling Slurm job(s)" in stderr and "resume=true" in stderr.splitlines()[-1]
+    assert '"status": "stopped"' in (run_dir / "summary.json").read_text()  # its checkpoint came first
+    assert running_jobs(cluster) == []
