@@ -27,9 +27,9 @@ pytestmark = pytest.mark.slow
 TRAIN_SIZE = 320  # experiment=smoke: 5 steps of 64 an epoch
 # the cpu backend, with DataLoader workers (trainer.workers=2 in experiment=smoke) and an augmentation that draws
 RUN = [*SMOKE, "trainer.epochs=3", "aug=flip_color_crop", "aug.backend=cpu", "hydra.run.dir=run"]
-# DDP ranks run without DataLoader workers here: forking a worker from a process with threads (gloo's) can deadlock
-# in CPython 3.11 before 3.11.10 (python/cpython#112275), which would make these tests fail for a reason of their own
-DDP = ["trainer.nprocs=2", "trainer.workers=0"]
+# two DDP ranks with two DataLoader workers each: on Pythons whose forked children can inherit a held interpreter lock
+# (python/cpython#112275, before 3.11.10) the ranks' workers come from a forkserver (data.batches.worker_start_method)
+DDP = ["trainer.nprocs=2", "trainer.workers=2"]
 # Slurm sends SIGKILL this long after SIGTERM (KillWait's default): a stop must be over well within it
 SLURM_KILL_WAIT_S = 30
 MARKED_STEP = 7  # a process's 7th training step: epoch 2, step 2 of 5

@@ -7,6 +7,7 @@ evenly over the ranks, so every image is used once per epoch whatever the proces
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -19,9 +20,27 @@ from augrun.data.datasets import DataError, ImageData
 from augrun.seeding import derive_seed, seed_batch_op_draws, seed_image_draws, seed_step_draws
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-# Workers are forked where the OS can: a rank started by spawn would otherwise spawn its workers too, and each
-# spawned worker spends seconds importing torch again, every epoch.
-WORKER_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+# Python versions whose forked children may inherit a held interpreter lock (CPython gh-112275: fixed in 3.11.10 and
+# 3.12; 3.10 never got the fix)
+FORK_UNSAFE_WITH_THREADS = sys.version_info < (3, 11, 10)
+# what a worker started by the forkserver needs imported: imported once, in the server
+WORKER_PRELOAD = ["torch", "torchvision", "augrun.data.batches", "augrun.data.streaming"]
+
+
+def worker_start_method():
+    """How DataLoader workers start. Forked where the OS can: a rank started by spawn would otherwise spawn its workers
+    too, and each spawned worker spends seconds importing torch again, every epoch. But a fork from a process whose
+    other threads run Python code can leave the child holding an interpreter lock that no thread will release
+    (gh-112275): a worker that never starts, and a run that hangs. A DDP rank is such a process (its process group's
+    threads), so on the Pythons concerned its workers come from a forkserver: a process with no other threads, that
+    imported torch once and forks each worker from there."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    if FORK_UNSAFE_WITH_THREADS and torch.distributed.is_available() and torch.distributed.is_initialized():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(WORKER_PRELOAD)
+        return context
+    return "fork"
 # augrun warns once per run when workers outnumber cores; torch would repeat it for every DataLoader of every epoch
 warnings.filterwarnings("ignore", message="This DataLoader will create")
 
@@ -83,10 +102,24 @@ class AugmentedImages(torch.utils.data.Dataset):
     def __init__(self, data: ImageData, transform: Callable, seed: int):
         pixels = data.images.permute(0, 2, 3, 1)  # PIL wants H, W, C
         self.pixels = (pixels[..., 0] if pixels.shape[-1] == 1 else pixels).contiguous().numpy()
+        self._shared: torch.Tensor | None = None
         # ints: indexing a tensor and collating 0-d tensors costs ~0.7 us an image more; collated alike (int64)
         self.labels = data.labels.tolist()
         self.transform = transform
         self.seed = seed
+
+    def __getstate__(self) -> dict:
+        """Sent to a worker that is not forked (augrun.data.batches.worker_start_method): the pixels travel as shared
+        memory, moved there once, instead of as a copy for every worker of every epoch. A forked worker shares them
+        without this."""
+        if self._shared is None:
+            self._shared = torch.from_numpy(self.pixels).share_memory_()
+            self.pixels = self._shared.numpy()
+        return {key: value for key, value in self.__dict__.items() if key != "pixels"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.pixels = self._shared.numpy()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -106,7 +139,7 @@ def worker_batches(dataset: torch.utils.data.Dataset, epoch: int, start_step: in
     keys = [[(epoch, i) for i in indices.tolist()] for indices in plan]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate_fn,
                                          pin_memory=device.type == "cuda",
-                                         multiprocessing_context=WORKER_START_METHOD if workers else None,
+                                         multiprocessing_context=worker_start_method() if workers else None,
                                          worker_init_fn=signals.leave_to_parent if workers else None)
     with signals.held_for_children():  # the workers start here: a signal to the group must wait for their handling
         return iter(loader)
