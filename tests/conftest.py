@@ -38,3 +38,19 @@ def smoke_config():
     """The smoke experiment's config, composed once from the real YAML files and typed (read-only: tests that change
     it compose their own)."""
     return to_train_config(compose_train(*SMOKE))
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    """A real single-node Slurm for the module's tests (tests/slurm/start.sh), and the environment to use it; the test
+    is skipped with the one-line reason where it cannot start. Without the sacct stand-in start.sh provides: augrun
+    must not need sacct."""
+    from slurm_cluster import slurm_env, start_cluster, stop_cluster
+    folder = tmp_path_factory.mktemp("slurm")
+    env = start_cluster(folder)
+    if isinstance(env, str):
+        pytest.skip(env)
+    full = slurm_env(env)
+    full["PATH"] = full["PATH"].replace(str(folder), "/nonexistent")
+    yield full
+    stop_cluster(folder)

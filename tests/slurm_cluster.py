@@ -19,8 +19,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+from helpers import SMOKE, read_metrics
 
 SLURM_DIR = Path(__file__).resolve().parent / "slurm"
 
@@ -204,3 +207,51 @@ def _jobcomp_record(job_id: str | int, env: dict[str, str]) -> dict[str, str] | 
         if line.startswith(f"JobId={job_id} "):
             return _parse_fields(line)
     return None
+
+
+# --- running augrun on it (tests/test_slurm*.py) ---------------------------------------------------------------------
+
+QUICK = [*SMOKE, "trainer.workers=0", "trainer.threads=1"]  # threads fixed: the same float sums in and out of Slurm
+LONG = [*QUICK, "trainer.epochs=120"]                        # ~35 s of training on one core: past the first warning
+MEDIUM = [*QUICK, "trainer.epochs=40"]                       # ~12 s: long enough to be interrupted part-way
+SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug"]
+TIME_LIMITED = [*SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=50"]
+
+
+def augrun(*args: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "augrun", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_reference(*overrides: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The same run outside Slurm, never interrupted, started alongside the Slurm job."""
+    local = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    return subprocess.Popen([sys.executable, "-m", "augrun", "train", *overrides, "hydra.run.dir=reference"],
+                            cwd=cwd, env=local, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen, timeout: float = 600) -> None:
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr
+
+
+def slurm_job_ids(stderr: str) -> list[str]:
+    line = next(line for line in stderr.splitlines() if line.startswith("augrun: Slurm job(s) "))
+    return line.removeprefix("augrun: Slurm job(s) ").split("; ")[0].split(", ")
+
+
+def running_jobs(env: dict[str, str]) -> list[str]:
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--states=RUNNING", "--format=%i"], env=env,
+                            capture_output=True, text=True, timeout=30, check=True)
+    return listed.stdout.split()
+
+
+def epochs(run_dir: Path) -> list[int]:
+    return [record["epoch"] for record in read_metrics(run_dir)]
+
+
+def when(condition, timeout: float = 300, poll: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll)

@@ -1,0 +1,48 @@
+"""How augrun reads a launcher's environment (augrun.run.launchers): Slurm's task groups and requeues, in-process."""
+from __future__ import annotations
+
+import pytest
+
+from augrun.errors import UserError
+from augrun.run import launchers
+
+TASK = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
+        "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu[07-08]"}
+
+
+def test_a_task_of_an_srun_step_with_several_tasks_is_a_rank_meeting_at_the_first_node():
+    member = launchers.group_member(TASK)
+    assert (member.launcher, member.rank, member.world_size, member.local_rank) == ("slurm", 3, 4, 1)
+    assert member.init_method.startswith("tcp://gpu07:") and not member.writes
+    port = int(member.init_method.rpartition(":")[2])
+    assert launchers.SLURM_PORT_BASE <= port < launchers.SLURM_PORT_BASE + launchers.SLURM_PORT_SPAN
+    assert launchers.group_member({**TASK, "SLURM_PROCID": "0"}).init_method == member.init_method  # all agree
+
+
+def test_one_task_or_a_batch_script_is_no_group():
+    assert launchers.group_member({**TASK, "SLURM_STEP_NUM_TASKS": "1"}) is None
+    batch_script = {k: v for k, v in TASK.items() if k != "SLURM_STEP_NUM_TASKS"}  # sbatch's shell, before srun
+    assert launchers.group_member(batch_script) is None
+
+
+@pytest.mark.parametrize("name,value", [("SLURM_PROCID", "x"), ("SLURM_LOCALID", ""), ("SLURM_JOB_ID", "-1")])
+def test_a_malformed_slurm_task_environment_is_one_line_naming_the_variable(name, value):
+    with pytest.raises(UserError) as caught:
+        launchers.group_member({**TASK, name: value})
+    assert str(caught.value).startswith(f"{name}: got {value!r}") and "\n" not in str(caught.value)
+
+
+def test_torchrun_wins_when_both_are_set():
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}
+    assert launchers.group_member({**TASK, **torchrun}).launcher == "torchrun"
+
+
+@pytest.mark.parametrize("hostlist,hosts", [("localhost", ["localhost"]), ("n[1-3]", ["n1", "n2", "n3"]),
+                                            ("gpu[07-08,10],cpu1", ["gpu07", "gpu08", "gpu10", "cpu1"])])
+def test_slurm_host_lists_expand(hostlist, hosts):
+    assert launchers.expand_hostlist(hostlist) == hosts
+
+
+def test_a_requeued_job_is_told_by_its_restart_count():
+    assert launchers.requeued({"SLURM_RESTART_COUNT": "2"})
+    assert not launchers.requeued({"SLURM_RESTART_COUNT": "0"}) and not launchers.requeued({})
