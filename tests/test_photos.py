@@ -272,11 +272,12 @@ def test_photo_models_run_at_64_to_224_pixels(name: str, width: int):
         assert [tuple(net(torch.rand(1, 3, side, side)).shape) for side in (64, 224)] == [(1, 5)] * 2
 
 
-def test_pretrained_weights_offline_are_one_line_naming_model_pretrained(monkeypatch):
+def test_pretrained_weights_offline_are_one_line_naming_model_pretrained(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the weights must be downloaded
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConfigError) as error:
         build_model("resnet18_imagenet", in_channels=3, num_classes=10, width=64, pretrained=True)
     assert str(error.value).startswith("model.pretrained: true, but torchvision's ResNet18_Weights.IMAGENET1K_V1 "

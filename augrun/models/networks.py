@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from augrun.errors import ConfigError
+from augrun.models.weights import torchvision_state_dict
 from augrun.registry import Registry
 
 
@@ -84,14 +85,16 @@ def resnet18_imagenet(*, in_channels: int, num_classes: int, width: int = 64, pr
     if width != 64:
         raise ConfigError("model.width", f"got {width}; valid: 64 (torchvision's ResNet-18 has fixed widths; "
                           "model=resnet18 takes any width)")
-    weights = ResNet18_Weights.DEFAULT if pretrained else None
-    try:
-        net = torchvision_resnet18(weights=weights)
-    except (OSError, RuntimeError) as error:  # offline (URLError is an OSError), or a damaged download
-        reason = " ".join(str(getattr(error, "reason", error)).split()) or type(error).__name__
-        raise ConfigError("model.pretrained", f"true, but torchvision's {weights} could not be loaded ({reason}); "
-                          f"valid: model.pretrained=false, or network access once (it is cached in "
-                          f"{_hub_checkpoints()})") from None
+    net = torchvision_resnet18(weights=None, num_classes=1000)
+    if pretrained:
+        weights = ResNet18_Weights.DEFAULT
+        try:
+            net.load_state_dict(torchvision_state_dict(weights, key="model.pretrained"))
+        except (OSError, RuntimeError) as error:  # offline (URLError is an OSError), a download cut short, a mismatch
+            reason = " ".join(str(getattr(error, "reason", error)).split()) or type(error).__name__
+            raise ConfigError("model.pretrained", f"true, but torchvision's {weights} could not be loaded ({reason}); "
+                              f"valid: model.pretrained=false, or network access once (it is cached in "
+                              f"{_hub_checkpoints()})") from None
     if in_channels != 3:
         stem = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if pretrained:

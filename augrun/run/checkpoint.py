@@ -6,7 +6,6 @@ carries a format name and version so that a foreign or older file is refused in 
 """
 from __future__ import annotations
 
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 
 from augrun.errors import CheckpointError
 from augrun.files import atomic_open
+from augrun.models.weights import load_as_data
 from augrun.rundir import CHECKPOINT
 
 FORMAT = "augrun-checkpoint"
@@ -23,8 +23,6 @@ VERSION = 2  # 1: before the format marker (pickled numpy RNG state; loadable on
 # what a resume reads, and the type each must have
 REQUIRED = {"epoch": int, "next_step": int, "sums": torch.Tensor, "seconds": float, "model": dict, "optimizer": dict,
             "records": list, "total_seconds": float, "config": dict, "rng": dict}
-# the boilerplate lines of torch.load's weights_only errors
-TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation of torch.load")
 REMEDY = "valid: a checkpoint.pt written by this version of augrun, or resume=false in a new run directory"
 
 
@@ -44,17 +42,7 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError("resume", f"no {CHECKPOINT} in {path.parent}; valid: resume=true with hydra.run.dir set to a "
                               "run directory that has one, or resume=false to start fresh")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "GLOBAL" not in str(error):  # not a pickle at all: damaged, or some other kind of file
-            raise CheckpointError("resume", f"{path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
-        # weights_only refused a global: the file asks to run code
-        raise CheckpointError("resume", f"{path} is not an augrun checkpoint: it holds Python objects that are only "
-                              f"loadable by running code ({_first_line(error, 'global')}), and a checkpoint "
-                              f"is loaded as data; {REMEDY}") from None
-    except Exception as error:  # torch raises many types for a damaged zip/pickle
-        raise CheckpointError("resume", f"{path} is corrupt or unreadable ({_first_line(error)}); {REMEDY}") from None
+    state = load_as_data(path, error=CheckpointError, key="resume", what="an augrun checkpoint", remedy=REMEDY)
     check_structure(state, path)
     return state
 
@@ -71,16 +59,6 @@ def check_structure(state: Any, path: Path) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise CheckpointError("resume", f"{path} is damaged: '{key}' is {type(value).__name__}, expected "
                                   f"{kind.__name__}; {REMEDY}")
-
-
-def _first_line(error: BaseException, marker: str | None = None) -> str:
-    """The informative line of torch's error: its weights_only message is a page of advice (including 'set
-    weights_only=False', which is exactly what augrun must not do) around one line naming the problem."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    informative = [line for line in lines if not line.startswith(TORCH_ADVICE)]
-    if marker:
-        informative = [line for line in informative if marker in line.lower()] or informative
-    return (informative or lines or [type(error).__name__])[0]
 
 
 def rng_states() -> dict[str, Any]:
