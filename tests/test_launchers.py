@@ -1,6 +1,8 @@
 """How augrun reads a launcher's environment (augrun.run.launchers): Slurm's task groups and requeues, in-process."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from augrun.errors import UserError
@@ -46,3 +48,55 @@ def test_slurm_host_lists_expand(hostlist, hosts):
 def test_a_requeued_job_is_told_by_its_restart_count():
     assert launchers.requeued({"SLURM_RESTART_COUNT": "2"})
     assert not launchers.requeued({"SLURM_RESTART_COUNT": "0"}) and not launchers.requeued({})
+
+
+# --- a group whose peers never come: bounded, and interruptible (augrun.run.rendezvous) ----------------------------
+
+def lone_rank(port: int) -> dict[str, str]:
+    """Rank 0 of a torchrun group of two whose rank 1 never starts."""
+    return {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_rank_whose_peers_never_come_stops_at_the_timeout_in_one_line(workdir):
+    from helpers import SMOKE, assert_user_error, run_augrun
+    result = run_augrun("train", *SMOKE, "trainer.rendezvous_timeout_s=3", "hydra.run.dir=run", cwd=workdir,
+                        env=lone_rank(free_port()), timeout=120)
+    assert_user_error(result, "trainer.rendezvous_timeout_s: the other ranks did not come within 3 s (1 of 2 ranks")
+    summary = json.loads((workdir / "run" / "summary.json").read_text())  # the run says what failed
+    assert summary["status"] == "failed" and "rendezvous_timeout_s" in summary["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_waiting_for_the_other_ranks_stops_at_once(signum, workdir):
+    import os
+    import signal as signals
+    import subprocess
+    import sys
+    import time
+
+    from helpers import SMOKE
+    process = subprocess.Popen([sys.executable, "-m", "augrun", "train", *SMOKE, "hydra.run.dir=run"], cwd=workdir,
+                               env={**os.environ, **lone_rank(free_port())}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (workdir / "run" / "preview.png").exists() and not (workdir / "run").exists():  # claimed: waiting
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    time.sleep(3)  # well inside the wait (its default timeout is 600 s)
+    began = time.monotonic()
+    process.send_signal(signals.Signals(signum))
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum and time.monotonic() - began < 10
+    assert stderr.strip().splitlines() == [f"augrun: stopped by signal {signum} while waiting for the other ranks (1 of "
+                                           "2 ranks arrived at 127.0.0.1:" + stderr.split("127.0.0.1:")[1].split(")")[0]
+                                           + "), before training"], stderr
+    assert not (workdir / "run").exists()

@@ -27,9 +27,11 @@ pytestmark = pytest.mark.slow
 TRAIN_SIZE = 320  # experiment=smoke: 5 steps of 64 an epoch
 # the cpu backend, with DataLoader workers (trainer.workers=2 in experiment=smoke) and an augmentation that draws
 RUN = [*SMOKE, "trainer.epochs=3", "aug=flip_color_crop", "aug.backend=cpu", "hydra.run.dir=run"]
-# two DDP ranks with two DataLoader workers each: on Pythons whose forked children can inherit a held interpreter lock
-# (python/cpython#112275, before 3.11.10) the ranks' workers come from a forkserver (data.batches.worker_start_method)
-DDP = ["trainer.nprocs=2", "trainer.workers=2"]
+# two DDP ranks; with DataLoader workers (2 each) where the test says so: on Pythons whose forked children can inherit a
+# held interpreter lock (python/cpython#112275, before 3.11.10) the ranks' workers come from a forkserver
+# (data.batches.worker_start_method), whose start costs seconds, so the other DDP tests keep workers=0
+DDP = ["trainer.nprocs=2", "trainer.workers=0"]
+DDP_WITH_WORKERS = ["trainer.nprocs=2", "trainer.workers=2"]
 # Slurm sends SIGKILL this long after SIGTERM (KillWait's default): a stop must be over well within it
 SLURM_KILL_WAIT_S = 30
 MARKED_STEP = 7  # a process's 7th training step: epoch 2, step 2 of 5
@@ -154,17 +156,17 @@ def test_group_signal_checkpoints_mid_epoch_and_resumes_bitwise(signum, workdir:
     assert without_timing(resume(workdir, *RUN)) == without_timing(uninterrupted)  # bitwise: floats compared exactly
 
 
-@pytest.mark.parametrize("signum,to_group", [(signal.SIGTERM, True), (signal.SIGINT, False)],
-                         ids=["SIGTERM-to-group", "SIGINT-to-launcher"])
-def test_ddp_ranks_stop_at_the_same_step_and_resume(signum, to_group, workdir: Path, marker_hooks: Path):
-    status, stdout, stderr = stopped_mid_epoch(workdir, "train", *RUN, *DDP, signum=signum, to_group=to_group,
+@pytest.mark.parametrize("signum,to_group,ddp", [(signal.SIGTERM, True, DDP_WITH_WORKERS), (signal.SIGINT, False, DDP)],
+                         ids=["SIGTERM-to-group-2x2-workers", "SIGINT-to-launcher"])
+def test_ddp_ranks_stop_at_the_same_step_and_resume(signum, to_group, ddp, workdir: Path, marker_hooks: Path):
+    status, stdout, stderr = stopped_mid_epoch(workdir, "train", *RUN, *ddp, signum=signum, to_group=to_group,
                                                hooks=marker_hooks)
     assert status == 128 + signum
     assert_one_clean_stop_line(stdout, stderr, signum, run_resume_hint(workdir / "run"))
     assert "rank" not in stderr  # no rank reported as failed or died
     assert saved_position(workdir / "run")[0] == 2
 
-    records = resume(workdir, *RUN, *DDP)
+    records = resume(workdir, *RUN, *ddp)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for record in records:  # every image counted once: the ranks stopped, checkpointed and resumed at the same step
         assert record["examples_per_s"] * record["seconds"] == pytest.approx(TRAIN_SIZE)

@@ -82,6 +82,7 @@ class TrainerConfig:
     loss_reduction: str = "mean"
     progress_updates: int = 10
     threads: Optional[int] = None
+    rendezvous_timeout_s: float = 600.0
 
 
 @dataclass
@@ -152,6 +153,7 @@ def check_ranges(cfg: TrainConfig) -> None:
     check_at_least("trainer.progress_updates", t.progress_updates, 1)
     check_at_least("trainer.eval_every", t.eval_every, 1)
     check_at_least("trainer.threads", t.threads, 1, allow_none=True)
+    check_at_least("trainer.rendezvous_timeout_s", t.rendezvous_timeout_s, 1)
     if not 0.0 <= t.label_smoothing < 1.0:
         raise ConfigError("trainer.label_smoothing", f"got {t.label_smoothing}; valid: 0 <= value < 1")
     o = cfg.optim

@@ -25,7 +25,7 @@ from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from augrun import signals
 from augrun.errors import INPUT_ERROR_STATUS, ConfigError, UserError
-from augrun.run import launchers
+from augrun.run import launchers, rendezvous
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_on_every_rank(worker: Callable[..., Any], placement: Placement, *args: Any) -> None:
-    """Run worker(rank, world_size, device, *args) in every process of the run."""
+def run_on_every_rank(worker: Callable[..., Any], placement: Placement, *args: Any,
+                      rendezvous_timeout_s: float = 600.0) -> None:
+    """Run worker(rank, world_size, device, *args) in every process of the run. In a launcher's group, the ranks
+    meet first (augrun.run.rendezvous: bounded by rendezvous_timeout_s, and interruptible)."""
     member = launchers.group_member()
     if member is not None:
-        _run_in_group(worker, member.rank, member.world_size, member_device(placement, member), args,
-                      init_method=member.init_method)
+        store = rendezvous.meet(member.init_method, rank=member.rank, world=member.world_size,
+                                timeout_s=rendezvous_timeout_s)
+        _run_in_group(worker, member.rank, member.world_size, member_device(placement, member), args, store=store)
     elif placement.nprocs > 1:
         # the address goes to the ranks, not into this process's environment: there it would read as half a torchrun
         # set-up to the next run of a notebook's kernel
@@ -192,11 +195,12 @@ def _spawned(rank: int, worker: Callable[..., Any], placement: Placement, args: 
 
 
 def _run_in_group(worker: Callable[..., Any], rank: int, world: int, device: torch.device, args: tuple, *,
-                  init_method: str | None = None) -> None:
-    """init_method None: torchrun's environment (env://)."""
+                  init_method: str | None = None, store: dist.Store | None = None) -> None:
+    """The group meets at init_method (augrun's own ranks) or in `store` (a launcher's, met already)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    with process_group("nccl" if device.type == "cuda" else "gloo", init_method=init_method, rank=rank, world_size=world,
+    meeting = {"store": store} if store is not None else {"init_method": init_method}
+    with process_group("nccl" if device.type == "cuda" else "gloo", **meeting, rank=rank, world_size=world,
                        device_id=device if device.type == "cuda" else None):
         worker(rank, world, device, *args)
 

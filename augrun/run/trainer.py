@@ -59,7 +59,7 @@ def comparable_config(cfg: TrainConfig) -> dict[str, Any]:
     plain = dataclasses.asdict(cfg)
     for key in ("resume", "logger"):
         plain.pop(key)
-    for key in ("progress_updates", "workers", "threads"):
+    for key in ("progress_updates", "workers", "threads", "rendezvous_timeout_s"):
         plain["trainer"].pop(key)
     plain["dataset"].pop("cache_dir")  # where a decoded copy is kept changes no pixel
     return plain
@@ -143,7 +143,8 @@ def run(prepared: Prepared) -> None:
     resume_state = load_resume_state(prepared.run_dir, prepared.config_dict) if reads else None
     # the command line is read here: a spawned rank's own is multiprocessing's
     launched = dataclasses.replace(prepared, resume_state=resume_state, command=environment.command_line())
-    distributed.run_on_every_rank(_worker, prepared.placement, launched)
+    distributed.run_on_every_rank(_worker, prepared.placement, launched,
+                                  rendezvous_timeout_s=cfg.trainer.rendezvous_timeout_s)
 
 
 # --- inside each process -------------------------------------------------------------------------------------------
