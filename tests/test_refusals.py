@@ -276,6 +276,36 @@ def test_a_bad_sweep_range_names_the_sweep(in_workdir: Path):
     assert "not a valid override" in refusal(*SMOKE, "-m", "seed=range(1,x)")
 
 
+OPTUNA = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"]
+
+
+@pytest.mark.parametrize("argv,expected", [
+    # a swept or searched range that gives nothing, or that a sampler cannot draw from, names its key
+    (["-m", "seed=range(0,3,0)"], "seed: range(0,3,0): a step of 0 never reaches the stop"),
+    (["-m", "seed=range(3,0)"], "seed: range(3,0) gives no values"),
+    ([*OPTUNA, "optim.lr=interval(1,0)"], "optim.lr: interval(1,0): the start must be below the end"),
+    ([*OPTUNA, "optim.lr=interval(0.1,0.1)"], "optim.lr: interval(0.1,0.1): the start must be below the end"),
+    ([*OPTUNA, "optim.lr=tag(log,interval(0,1))"], "optim.lr: tag(log,interval(0,1)): a log scale needs a start"),
+    # the sweeper's and launcher's own settings, checked as augrun's keys are
+    ([*OPTUNA, "optim.lr=interval(0.001,0.01)", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials: got 0; valid: an"),
+    ([*OPTUNA, "optim.lr=interval(0.001,0.01)", "hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials: got -1"),
+    ([*OPTUNA, "optim.lr=interval(0.001,0.01)", "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs: got 0"),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=sideways", "optim.lr=interval(0.001,0.01)"],
+     "hydra.sweeper.direction: got 'sideways'; valid: minimize, maximize"),
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1"], "hydra.launcher.n_jobs: got 0; valid: a"),
+    (["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=0", "seed=0"],
+     "hydra.launcher.timeout_min: got 0; valid: an integer >= 1"),
+    (["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.tasks_per_node=0", "seed=0"],
+     "hydra.launcher.tasks_per_node: got 0"),
+])
+def test_a_bad_sweep_range_or_plugin_setting_is_one_line_naming_its_key_and_nothing_is_made(in_workdir: Path, argv,
+                                                                                              expected):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    before = snapshot(in_workdir)
+    assert refusal(*SMOKE, *argv).startswith(expected)
+    assert snapshot(in_workdir) == before
+
+
 def write_aug(folder: Path, name: str, text: str) -> Path:
     (folder / "aug").mkdir(parents=True, exist_ok=True)
     (folder / "aug" / f"{name}.yaml").write_text(text)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE, assert_user_error, run_augrun
 
 from augrun.errors import ConfigError
 from augrun.models.networks import build_model
 from augrun.run import checkpoint
-from helpers import SMOKE, assert_user_error, run_augrun
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1, as cached by torch.hub
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from augrun import rundir
 from augrun.config.command_line import CommandLine, override_key
 from augrun.config.compose import compose, expand_jobs, to_train_config
+from augrun.config.plugin_settings import check_plugin_settings
 from augrun.config.schema import TrainConfig
 from augrun.errors import UserError, printable
 from augrun.run import launchers
@@ -68,6 +69,7 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
     """Check and prepare every job of `augrun train`, then claim its directory."""
     jobs_overrides = expand_jobs(command)
     configs = [compose(command, overrides) for overrides in jobs_overrides]
+    check_plugin_settings(configs[0])  # the sweeper's and launcher's, which Hydra runs after the directory exists
     target = _target(configs[0], command.multirun)
     resume = to_train_config(configs[0]).resume or launchers.requeued()  # a requeued job continues in its directory
     if target.from_clock and not resume:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from augrun import rundir
 from augrun.config.command_line import CONFIG_MODULE, CommandLine
 from augrun.config.hydra_errors import describe_composition_error, describe_parse_error, explain_omegaconf, mapping_form
+from augrun.config.plugin_settings import check_sweep
 from augrun.config.schema import TrainConfig, check_ranges, register_schemas
 from augrun.errors import ConfigError, UserError, first_line
 
@@ -107,9 +108,14 @@ def expand_jobs(command: CommandLine) -> list[list[str]]:
     params = sweeper.get("params") or {}
     try:
         parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+        for override in parsed:
+            if override.is_sweep_override():
+                check_sweep(override)
         if sweeper.get("_target_") != rundir.BASIC_SWEEPER:
             return sample_jobs(parsed)
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except UserError:  # a sweep range named by its key (check_sweep)
+        raise
     except (OverrideParseException, ValueError) as error:  # a sweep range that cannot expand, say
         raise UserError("", f"hydra.sweeper.params or a sweep override: {first_line(error)}") from None
 
