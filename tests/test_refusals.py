@@ -223,7 +223,8 @@ def test_resume_true_continues_a_sweep_keeping_finished_jobs(in_workdir: Path):
     (["optim.weight_decay=inf"], "optim.weight_decay: got inf; valid: a finite number"),
     (["aug=color_jitter", "aug.train.ColorJitter.brightness=nan"], "aug.train.ColorJitter.brightness: got nan"),
     (["aug=crop", "aug.train.RandomResizedCrop.scale=[0.1,inf]"], "aug.train.RandomResizedCrop.scale[1]: got inf"),
-    (["aug=randaugment", "aug.train.RandAugment.magnitude=100"], "aug.train.RandAugment.magnitude: got 100"),
+    (["aug=randaugment", "aug.train.RandAugment.magnitude=100"],
+     "aug.train.RandAugment: magnitude 100 is not below num_magnitude_bins 31"),
     (["+aug.train.RandomCrop.size=64"], "aug.train.RandomCrop: fails on a 32x32 image: Required crop size (64, 64)"),
     (["+aug.train.RandomRotation.degrees=30", "+aug.train.RandomRotation.expand=true"],
      "aug.train: the pipeline gives images of different sizes"),
@@ -369,3 +370,28 @@ def test_every_shipped_pipeline_passes_the_dry_run_on_both_backends(aug, smoke_c
     for backend in backends:
         dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
                        channels=d.channels, num_classes=d.num_classes, mean=None, std=None, model=m.name, width=m.width)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    # the key the user wrote, not the one that happened to be checked first
+    (["aug=randaugment", "aug.train.RandAugment.num_magnitude_bins=0"],
+     "aug.train.RandAugment.num_magnitude_bins: got 0; valid: an integer >= 1"),
+    (["aug=randaugment", "aug.train.RandAugment.num_magnitude_bins=5"],
+     "aug.train.RandAugment: magnitude 9 is not below num_magnitude_bins 5"),
+    (["aug=randaugment", "aug.train.RandAugment.magnitude=40"],
+     "aug.train.RandAugment: magnitude 40 is not below num_magnitude_bins 31"),
+    (["dataset.channels=1", "dataset.normalize=true"],
+     "dataset.normalize: true for images of dataset.channels=1, with 3 dataset.mean and 3 dataset.std values"),
+    (["dataset.normalize=true", "dataset.mean=[0.5]"], "dataset.normalize: true for images of dataset.channels=3, "
+                                                       "with 1 dataset.mean and 3 dataset.std values"),
+])
+def test_a_weak_message_names_the_key_the_user_wrote(in_workdir: Path, argv, expected):
+    assert refusal(*SMOKE, *argv).startswith(expected)
+
+
+def test_a_plain_pickle_as_checkpoint_is_one_line_without_torchs_warning(tmp_path: Path, recwarn):
+    import pickle
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps({"format": "augrun-checkpoint"}))
+    with pytest.raises(checkpoint.CheckpointError, match="is corrupt or unreadable"):
+        checkpoint.load(tmp_path / "checkpoint.pt")
+    assert [str(w.message) for w in recwarn] == []

@@ -181,12 +181,17 @@ def _check_argument(op: str, arg: str, key: str, value: Any) -> None:
 
 
 def _check_bins(key: str, kwargs: dict[str, Any]) -> None:
-    """RandAugment's magnitude indexes a table of num_magnitude_bins strengths (torchvision's default: 31)."""
-    if "magnitude" in kwargs and isinstance(kwargs["magnitude"], int):
-        bins = kwargs.get("num_magnitude_bins", 31)
-        if isinstance(bins, int) and not kwargs["magnitude"] < bins:
-            raise ConfigError(f"{key}.magnitude", f"got {kwargs['magnitude']}; valid: 0 <= magnitude < num_magnitude_bins "
-                              f"({bins})")
+    """RandAugment's magnitude indexes a table of num_magnitude_bins strengths (torchvision's default: 31): the table
+    needs a strength, and the magnitude must be in it."""
+    bins = kwargs.get("num_magnitude_bins", 31)
+    if isinstance(bins, int) and not isinstance(bins, bool) and bins < 1:
+        raise ConfigError(f"{key}.num_magnitude_bins", f"got {bins}; valid: an integer >= 1 (the number of strengths "
+                          "magnitude picks from; torchvision's default: 31)")
+    if "magnitude" in kwargs and isinstance(kwargs["magnitude"], int) and isinstance(bins, int):
+        magnitude = kwargs["magnitude"]
+        if not magnitude < bins:  # either argument may be the one set: the op names both
+            raise ConfigError(key, f"magnitude {magnitude} is not below num_magnitude_bins {bins}; valid: "
+                              f"{key}.magnitude < {key}.num_magnitude_bins")
 
 
 def torchvision_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -179,4 +179,10 @@ def check_ranges(cfg: TrainConfig) -> None:
     check_at_least("dataset.num_classes", d.num_classes, 2)
     if d.normalize and (not d.std or any(s <= 0 for s in d.std)):
         raise ConfigError("dataset.std", f"got {list(d.std)}; every std must be > 0 when normalize is true")
+    if d.normalize and not len(d.mean) == len(d.std) == d.channels:
+        # named after what the user set: normalising images of this many channels with the statistics given
+        raise ConfigError("dataset.normalize", f"true for images of dataset.channels={d.channels}, with "
+                          f"{len(d.mean)} dataset.mean and {len(d.std)} dataset.std values; valid: one of each per "
+                          f"channel, e.g. dataset.mean={[0.5] * d.channels} dataset.std={[0.25] * d.channels}, or "
+                          "dataset.normalize=false")
     check_at_least("model.width", cfg.model.width, 1)

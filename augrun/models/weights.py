@@ -6,6 +6,7 @@ and how to get a good one.
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ def load_as_data(path: Path, *, error: type[UserError], key: str, what: str, rem
     """torch.load(path) with weights_only: tensors and plain values. `what` names the file's kind in the message ("an
     augrun checkpoint"), `remedy` says how to get a good one; `error` (a UserError) names `key`."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (3 lines) about a plain pickle before refusing it in one
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as refused:
         if "GLOBAL" not in str(refused):  # not a pickle at all: damaged, or some other kind of file
             raise error(key, f"{path} is corrupt or unreadable ({first_informative_line(refused)}); {remedy}") from None
