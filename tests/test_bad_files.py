@@ -117,8 +117,10 @@ DECODES = {
     "48-bit RGB PNG": (rgb48, [0x12, 0xAB, 0xFF], (2, 2, 3), [0x12, 0xAB, 0xFF]),
     "32-bit integer TIFF holding 16-bit values": (lambda d: save(Image.new("I", (2, 2), 0x8000), d / "i.tif"),
                                                   [0x80], (2, 2, 1), [0x80] * 3),
-    "32-bit integer TIFF above 16 bits": (lambda d: save(Image.new("I", (2, 2), 70000), d / "i.tif"),
-                                          [255], (2, 2, 1), [255] * 3),
+    "32-bit float TIFF in [0, 1]": (lambda d: save(Image.fromarray(np.full((2, 2), 0.5, np.float32)), d / "f.tif"),
+                                    [128], (2, 2, 1), [128] * 3),
+    "32-bit float TIFF, black and white": (lambda d: save(Image.fromarray(np.array([[0, 1]], np.float32)), d / "f.tif"),
+                                           [0], (1, 2, 1), [0] * 3),
     "grayscale": (lambda d: save(Image.new("L", (2, 2), 77), d / "l.png"), [77], (2, 2, 1), [77] * 3),
     "grayscale with alpha": (lambda d: save(Image.new("LA", (2, 2), (77, 10)), d / "la.png"), [77], (2, 2, 1),
                              [77] * 3),
@@ -142,6 +144,31 @@ def test_decoder_gives_the_right_uint8_pixels(case: str, tmp_path: Path):
         own, rgb = decode_image(path, channels=None), decode_image(path, channels=3)
     assert own.dtype == np.uint8 and own.shape == shape and rgb.shape == (*shape[:2], 3)
     assert own[0, 0].tolist() == native and rgb[0, 0].tolist() == as_rgb
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda d: save(Image.new("I", (2, 2), 70000), d / "i.tif"), "is an integer image of Pillow's mode I with values "
+                                                                 "70000..70000; valid: an image file whose samples are"),
+    (lambda d: save(Image.fromarray(np.array([[0, 2.5]], np.float32)), d / "f.tif"),
+     "is a 32-bit float image (Pillow's mode F) with values 0..2.5; valid: an image file whose samples are 8-bit, or "
+     "floats in [0, 1]"),
+    (lambda d: save(Image.fromarray(np.array([[0, np.nan]], np.float32)), d / "f.tif"),
+     "is a 32-bit float image (Pillow's mode F) with values not all finite"),
+    (lambda d: save(Image.new("LAB", (2, 2)), d / "lab.tif"), "is an image of Pillow's mode LAB, which augrun cannot "
+                                                              "turn into RGB"),
+], ids=["32-bit integers above 16 bits", "floats above 1", "NaN floats", "LAB"])
+def test_samples_without_an_8_bit_meaning_are_refused_naming_the_file_and_its_mode(make, expected, tmp_path: Path):
+    path = make(tmp_path)
+    with pytest.raises(ImageFileError) as error:
+        decode_image(path, channels=3)
+    assert one_line(error.value).startswith(f"{path} {expected}")
+
+
+def test_float_images_in_0_1_scale_by_255(tmp_path: Path):
+    values = np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(values).save(tmp_path / "ramp.tif")
+    expected = np.round(values * 255).astype(np.uint8)
+    assert np.array_equal(decode_image(tmp_path / "ramp.tif", channels=1)[..., 0], expected)
 
 
 def test_16_bit_grayscale_scales_every_value_to_its_high_byte(tmp_path: Path):

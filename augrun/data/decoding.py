@@ -25,11 +25,14 @@ from augrun.errors import printable
 MAX_PIXELS = 89_478_485
 
 # 16-bit grayscale modes (PIL opens 16-bit grayscale PNGs and TIFFs as I;16, older versions as I): PIL's convert()
-# clips them to 0..255, which turns a whole 16-bit picture white, so they are scaled to 8 bits here instead. PIL opens
-# 16-bit RGB(A) PNGs as 8-bit RGB(A) already (it keeps the high byte), so only grayscale needs this.
+# clips them to 0..255, which turns a whole 16-bit picture white, and turns floats in [0, 1] (mode F) black, so these
+# are scaled to 8 bits here instead (_eight_bits). PIL opens 16-bit RGB(A) PNGs as 8-bit RGB(A) already (it keeps the
+# high byte), so only one-channel modes need this.
 WIDE_GRAY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 GRAY_MODES = ("1", "L", "LA", "La", "F", *WIDE_GRAY_MODES)  # files that keep one channel when the caller allows it
 VALID_IMAGE = "valid: an image file (PNG, JPEG, BMP, ...)"
+# modes PIL opens and "converts" without their meaning: refused rather than trained on in wrong colours
+UNCONVERTIBLE_MODES = {"LAB": "CIE L*a*b* needs colour management, which PIL's convert() does not do"}
 EXIF_ORIENTATION = 0x0112  # the EXIF tag phones set instead of rotating the pixels
 
 
@@ -69,7 +72,7 @@ def _decoded(path: Path, channels: int | None, *, header_only: bool = False):
                 _check_size(path, image.width * image.height, f"{image.width}x{image.height}")
                 if header_only:
                     return image.size
-                return _converted(_upright(image), channels)
+                return _converted(_upright(image), channels, path)
     except ImageFileError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # PIL's check in Image.open
@@ -102,10 +105,13 @@ def _upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def _converted(image: Image.Image, channels: int | None) -> Image.Image:
+def _converted(image: Image.Image, channels: int | None, path: Path) -> Image.Image:
     """A loaded image in mode L (channels 1) or RGB (3; None: L for grayscale files), independent of the file."""
-    if image.mode in WIDE_GRAY_MODES:
-        image = Image.fromarray(_high_byte(np.asarray(image)))
+    if image.mode in UNCONVERTIBLE_MODES:
+        raise ImageFileError(f"{printable(path)} is an image of Pillow's mode {image.mode}, which augrun cannot turn into "
+                             f"RGB ({UNCONVERTIBLE_MODES[image.mode]}); {VALID_IMAGE} in an RGB or grayscale mode")
+    if image.mode in WIDE_GRAY_MODES or image.mode == "F":
+        image = Image.fromarray(_eight_bits(np.asarray(image), image.mode, path))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # PIL warns when such a palette goes straight to RGB
     if channels is None:
@@ -114,12 +120,28 @@ def _converted(image: Image.Image, channels: int | None) -> Image.Image:
     if image.mode == mode:
         image.load()  # decoded now, while the file is open; the caller gets pixels, not a file handle
         return image
-    return image.convert(mode)
+    try:
+        return image.convert(mode)
+    except ValueError as error:  # a mode PIL opens but cannot convert (LAB, La): refused, named
+        raise ImageFileError(f"{printable(path)} is an image of Pillow's mode {image.mode}, which augrun cannot turn into "
+                             f"{mode} ({_reason(error)}); {VALID_IMAGE} in an RGB or grayscale mode") from None
 
 
-def _high_byte(values: np.ndarray) -> np.ndarray:
-    """16-bit values (mode I holds them in int32) to 8 bits: value >> 8, so 65535 is 255 and 0 is 0."""
-    return (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+def _eight_bits(values: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """Samples wider than 8 bits, scaled to 8 by their real range: 16-bit integers (0..65535; mode I holds them in 32
+    bits, as older PILs open 16-bit PNGs) by their high byte, floats in [0, 1] by 255. Values outside those ranges
+    have no agreed meaning in 8 bits (a 32-bit count, an HDR float): refused, with the range found."""
+    if mode == "F":
+        if np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1:
+            return np.round(values * 255).astype(np.uint8)
+        kind, valid = "a 32-bit float image (Pillow's mode F)", "floats in [0, 1]"
+    elif values.min() >= 0 and values.max() <= 65535:
+        return (values >> 8).astype(np.uint8)
+    else:
+        kind, valid = f"an integer image of Pillow's mode {mode}", "integers in 0..65535 (8 or 16 bits)"
+    found = f"{values.min():g}..{values.max():g}" if np.isfinite(values).all() else "not all finite"
+    raise ImageFileError(f"{printable(path)} is {kind} with values {found}; valid: an image file whose samples are "
+                         f"8-bit, or {valid}")
 
 
 def _reason(error: BaseException) -> str:
