@@ -46,6 +46,27 @@ def is_sweep_root(path: Path) -> bool:
     return (path / SWEEP_MARKER).exists() or (path / HYDRA_SWEEP_FILE).is_file()
 
 
+def owner(path: Path) -> Path | None:
+    """The run directory or sweep root that `path` is, or lies inside (the nearest), if any: where a command's output
+    would land among another run's files."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if folder.is_dir() and (is_run(folder) or is_sweep_root(folder)):
+            return folder
+    return None
+
+
+def check_output_place(path: Path, key: str, *, own: tuple[Path, ...] = ()) -> None:
+    """Refuse an output of a command (a report, a picture) inside a run directory or a sweep root, which belong to
+    their run or sweep (a sweep's own report goes to its root: `own`)."""
+    found = owner(path)
+    if found is None or any(os.path.samefile(found, mine) for mine in own if mine.exists()):
+        return
+    kind = "sweep root" if is_sweep_root(found) else "run directory"
+    raise RunDirError(key, f"{printable(path)} is in {printable(found)}, a {kind} that augrun wrote, and would add to "
+                    "or replace its files; valid: a path outside every run and sweep")
+
+
 def job_progress(path: Path) -> str:
     """Where a sweep job stands: "completed", "interrupted" (a checkpoint to resume) or "new" (start it)."""
     import json

@@ -395,3 +395,35 @@ def test_a_plain_pickle_as_checkpoint_is_one_line_without_torchs_warning(tmp_pat
     with pytest.raises(checkpoint.CheckpointError, match="is corrupt or unreadable"):
         checkpoint.load(tmp_path / "checkpoint.pt")
     assert [str(w.message) for w in recwarn] == []
+
+
+# --- every command's outputs go through the run-directory rules -------------------------------------------------------
+
+@pytest.mark.parametrize("where,owner", [("other_sweep", "other_sweep"), ("other_sweep/0", "other_sweep/0"),
+                                         ("run", "run"), ("run/sub", "run")])
+def test_compare_out_into_another_run_or_sweep_is_refused_and_leaves_it_as_it_was(in_workdir: Path, where, owner):
+    from augrun.commands.compare import run_compare
+    make_sweep(in_workdir / "sweep")
+    make_sweep(in_workdir / "other_sweep")
+    make_run(in_workdir / "run")
+    before = snapshot(in_workdir)
+    with pytest.raises(UserError) as caught:
+        run_compare(["sweep", f"--out={where}"], console=None)
+    assert str(caught.value).startswith(f"--out: {where} is in {in_workdir / owner}, a ")
+    assert "valid: a path outside every run and sweep" in str(caught.value)
+    assert snapshot(in_workdir) == before
+
+
+def test_a_sweeps_own_report_may_be_rebuilt_in_its_root(in_workdir: Path):
+    assert rundir.check_output_place(in_workdir / "sweep", "--out", own=(make_sweep(in_workdir / "sweep"),)) is None
+
+
+@pytest.mark.parametrize("out", ["run/preview.png", "sweep/grid.png", "sweep/0/x/grid.png"])
+def test_preview_out_into_a_run_or_sweep_is_refused(in_workdir: Path, out):
+    from augrun.commands.preview_options import preview_options
+    make_run(in_workdir / "run")
+    make_sweep(in_workdir / "sweep")
+    (in_workdir / "sweep" / "0" / "x").mkdir()
+    with pytest.raises(UserError) as caught:
+        preview_options([f"out={out}"])
+    assert str(caught.value).startswith(f"out: {Path(out).parent} is in ")

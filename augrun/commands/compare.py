@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from augrun import rundir
 from augrun.compare import CompareError, Report, compare_paths, table_console
 from augrun.compare.render import OUT_VALID
 from augrun.compare.runs import _one_line
@@ -37,6 +38,8 @@ def _parse_compare_args(argv: list[str]) -> tuple[list[Path], Path]:
         raise CompareError("", f"{len(paths)} paths given: name the report directory with --out DIR")
     if out is not None:
         _check_out_dir(out)
+        # a sweep's own report may be rebuilt in its root; any other run's or sweep's directory is not the report's
+        rundir.check_output_place(out, "--out", own=tuple(path for path in paths if rundir.is_sweep_root(path)))
     return paths, out or paths[0]
 
 

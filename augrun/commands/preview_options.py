@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from augrun import rundir
 from augrun.config.command_line import override_key
 from augrun.config.schema import AugConfig, DatasetConfig, check_at_least, check_choice
 from augrun.errors import ConfigError, UserError, first_line, printable
@@ -160,6 +161,7 @@ def _out_path(value: Any) -> Path:
     if path.is_dir():
         raise ConfigError("out", f"{printable(path)} is a directory; valid: a file name such as "
                           f"{printable(path / 'preview.png')}")
+    rundir.check_output_place(path.parent, "out")  # a run's preview.png is its own
     return path
 
 
