@@ -447,3 +447,44 @@ def test_compare_out_an_existing_file_exits_2(tmp_path: Path):
     (tmp_path / "report").write_text("")
     result = run_augrun("compare", str(root), "--out", "report", cwd=tmp_path)
     assert_user_error(result, "--out: report is a file; valid: --out DIR naming a directory")
+
+
+# --- file-system edges: one line each, wherever the folder is read ---------------------------------------------------
+
+def truncated_jpeg(path: Path) -> Path:
+    """A JPEG whose header reads (it passes the streamed folder's check) and whose pixels stop a third of the way."""
+    import io
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "JPEG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    return path
+
+
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_a_symlink_loop_in_a_class_folder_is_one_line_naming_it(tmp_path: Path, storage: str):
+    make_image_folder(tmp_path)
+    loop = tmp_path / "train" / "cat" / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError) as caught:
+        augrun.data.datasets.load_dataset("imagefolder", str(tmp_path), image_size=8, storage=storage,
+                                          cache_dir=str(tmp_path / "cache"))
+    assert str(caught.value).startswith(f"dataset.root: {loop} cannot be followed (Too many levels of symbolic links)")
+
+
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_preview_show_dataset_refuses_a_loop_or_a_truncated_jpeg_in_one_line(workdir: Path, storage: str):
+    from augrun.commands.preview import write_preview
+    from augrun.commands.preview_options import preview_options
+    from augrun.errors import UserError
+    make_image_folder(workdir / "photos", per_class=4)
+    (workdir / "photos" / "train" / "cat" / "loop.png").symlink_to(workdir / "photos" / "train" / "cat" / "loop.png")
+    args = ["show=dataset", "dataset=imagefolder", f"dataset.root={workdir / 'photos'}", f"dataset.storage={storage}",
+            f"out={workdir / 'grid.png'}", "rows=1", "cols=2"]
+    with pytest.raises(UserError, match="^dataset.root: .*loop.png cannot be followed"):
+        write_preview(preview_options(args))
+    (workdir / "photos" / "train" / "cat" / "loop.png").unlink()
+    for name in ("cat", "dog"):
+        for index in range(4):
+            truncated_jpeg(workdir / "photos" / "train" / name / f"{index}.png")
+    with pytest.raises(UserError, match=r"^dataset.root: cannot decode .*\.png \(image file is truncated"):
+        write_preview(preview_options(args))

@@ -63,9 +63,23 @@ def _image_files(folder: Path) -> list[Path]:
     """The files of a class folder, sorted by name. os.scandir knows each entry's type from the directory listing,
     where Path.is_file() stats every file, and names sort faster than Paths (measured: 0.33-0.39 s against 0.56 s
     for CIFAR-10's 50k training JPEGs; start-up reads the tree twice)."""
-    with os.scandir(folder) as entries:
-        names = sorted(entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file())
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(entry.name for entry in entries if not entry.name.startswith(".") and _is_file(entry))
+    except OSError as error:  # the folder itself: unreadable, gone
+        raise DataError("dataset.root", f"cannot list {printable(folder)} ({error.strerror or error}); valid: a "
+                        "readable folder of image files") from None
     return [folder / name for name in names]
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether an entry of a class folder is a file to read: a link that loops or cannot be followed is named, not a
+    traceback (DirEntry.is_file raises where Path.is_file would quietly say False)."""
+    try:
+        return entry.is_file()
+    except OSError as error:
+        raise DataError("dataset.root", f"{printable(Path(entry.path))} cannot be followed ({error.strerror or error}); "
+                        "valid: remove it, or make it a link to an image file") from None
 
 
 def _class_files(root: Path, split: str, splits: tuple[str, str]) -> dict[str, list[Path]]:

@@ -46,8 +46,13 @@ class DecodedFiles(Sequence):
         return len(self.paths)
 
     def __getitem__(self, index):  # one image; slices are not needed by anyone
-        from augrun.data.decoding import open_rgb
-        return torch.from_numpy(np.array(open_rgb(self.paths[int(index)]))).permute(2, 0, 1)
+        from augrun.data.decoding import ImageFileError, open_rgb
+        from augrun.errors import DataError
+        try:
+            image = open_rgb(self.paths[int(index)])
+        except ImageFileError as error:  # a file that passed the header check but not the decoder: named, one line
+            raise DataError("dataset.root", str(error)) from None
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
 @dataclass
