@@ -57,3 +57,16 @@ def test_a_three_trial_search_maximises_test_accuracy_and_ranks_its_trials(workd
     trials = report.split("## Trials, best first")[1].splitlines()[4:7]
     assert [row.split("|")[1].strip() for row in trials] == sorted(accuracy, key=lambda job: -accuracy[job])
     assert (root / "search.png").is_file()
+
+
+def test_a_diverging_trial_is_a_failed_trial_and_the_search_goes_on(workdir: Path):
+    result = run_augrun("train", *OPTUNA, "optim.lr=choice(0.001,1e30)", "hydra.sweeper.n_trials=3",
+                        "hydra.sweeper.direction=maximize", "hydra.sweeper.sampler.seed=0", "hydra.sweep.dir=search",
+                        cwd=workdir)
+    assert result.returncode == 1, result.stderr  # failed jobs, as in any sweep: not a traceback that ends it
+    assert "Traceback" not in result.stderr and "returned nan" not in result.stderr
+    root = workdir / "search"
+    assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["0", "1", "2"]  # every trial ran
+    assert "NonFiniteLoss" in (root / "comparison.md").read_text()
+    assert result.stderr.strip().splitlines()[-1].startswith("augrun: error: ") and "sweep job(s) failed" in \
+        result.stderr.strip().splitlines()[-1]

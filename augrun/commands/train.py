@@ -115,9 +115,14 @@ def before_hydra_runs(frame) -> bool:
 
 # --- the Hydra task ----------------------------------------------------------------------------------------------------
 
+# What a failed sweep job returns to its sweeper: not a number, so that a searching sweeper (Optuna) marks the trial
+# failed and goes on (NaN would be told to Optuna as a value, which it refuses with a traceback that ends the search)
+FAILED_OBJECTIVE = None
+
+
 def train_task(cfg: DictConfig) -> float | None:
-    """One job. Returns its final test accuracy, the objective a searching sweeper (Optuna) maximises; NaN for a
-    failed sweep job, which such a sweeper records as a failed trial."""
+    """One job. Returns its final test accuracy, the objective a searching sweeper (Optuna) maximises; None for a
+    failed sweep job (FAILED_OBJECTIVE)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -162,7 +167,7 @@ def train_task(cfg: DictConfig) -> float | None:
         raise JobFailed(message, status, user_error)
     # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
     print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
-    return float("nan")
+    return FAILED_OBJECTIVE
 
 
 def _job(number: int, composed: TrainConfig, run_dir: Path, multirun: bool) -> precheck.Job:

@@ -15,7 +15,6 @@ points at hydra_plugins.augrun_launchers.AugrunSlurmLauncher, whose work is done
 """
 from __future__ import annotations
 
-import math
 import signal
 import subprocess
 import sys
@@ -130,11 +129,11 @@ def _ended(job, number: int, state: str) -> JobReturn:
 
 
 def _failed_return(number: int, message: str) -> JobReturn:
-    """As augrun's own failed sweep job returns: a NaN objective, so that the sweep (and a search) goes on and its
-    comparison marks the job from what its directory holds."""
+    """As augrun's own failed sweep job returns (no objective: commands.train.FAILED_OBJECTIVE), so that the sweep
+    (and a search) goes on and its comparison marks the job from what its directory holds."""
     print(f"augrun: job {number}: {message}", file=sys.stderr)
     returned = JobReturn()
-    returned.status, returned.return_value = JobStatus.COMPLETED, math.nan
+    returned.status, returned.return_value = JobStatus.COMPLETED, None
     return returned
 
 
