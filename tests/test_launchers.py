@@ -72,6 +72,9 @@ def test_a_rank_whose_peers_never_come_stops_at_the_timeout_in_one_line(workdir)
     assert_user_error(result, "trainer.rendezvous_timeout_s: the other ranks did not come within 3 s (1 of 2 ranks")
     summary = json.loads((workdir / "run" / "summary.json").read_text())  # the run says what failed
     assert summary["status"] == "failed" and "rendezvous_timeout_s" in summary["error"]
+    # what nobody measured is null, not a zero that reads as a measurement
+    assert summary["epochs"] == 1 and summary["epochs_completed"] == 0 and summary["final"] is None
+    assert summary["total_seconds"] is None and summary["devices"] is None and summary["examples_per_s"] is None
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def train_task(cfg: DictConfig) -> float | None:
             _release_unstarted_run(run_dir)
         raise stopped
     if typed is not None and not typed.resume and writes:
-        _write_failure_summary(run_dir, message)
+        _write_ended_summary(run_dir, "failed", message, typed)
     if not multirun:
         raise JobFailed(message, status, user_error)
     # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
@@ -208,14 +208,10 @@ def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainCo
     """A failure while a SIGINT/SIGTERM is flagged is that signal's doing (a DataLoader or torch.compile worker that
     died of the signal sent to the whole group, a rank that ended before the others agreed on a step): a stop, though
     one that could not checkpoint. The run continues from its last checkpoint, if it has one."""
-    from augrun.report.metrics_files import MetricsFiles
-    from augrun.report.run_outputs import summary
     from augrun.run import checkpoint
     if not (run_dir / checkpoint.CHECKPOINT).is_file():
         return signals.Stopped(signum, f"stopped by signal {signum} ({message}); nothing to resume")
-    files = MetricsFiles(run_dir)
-    epochs = typed.trainer.epochs if typed is not None else 0
-    files.write_summary(summary("stopped", files.read(), epochs, None, [], 0.0, error=message))
+    _write_ended_summary(run_dir, "stopped", message, typed)
     return signals.Stopped(signum, f"stopped by signal {signum} ({message}); the last checkpoint is kept. "
                                    f"{signals.resume_hint(run_dir)}")
 
@@ -231,13 +227,24 @@ def _describe_failure(error: BaseException) -> tuple[str, int]:
     return f"{type(error).__name__}: {first_line(error)}", 1
 
 
-def _write_failure_summary(run_dir: Path, message: str) -> None:
+def _write_ended_summary(run_dir: Path, status: str, message: str, typed: TrainConfig | None) -> None:
+    """summary.json of a run that ended outside its training loop's own bookkeeping: what failed, the epochs it did,
+    and what the run itself recorded of where it ran (devices, environment); what nobody measured is null, not 0."""
+    import json
+
     from augrun.report.metrics_files import MetricsFiles
     from augrun.report.run_outputs import summary
     if not run_dir.is_dir():
         return
     files = MetricsFiles(run_dir)
-    files.write_summary(summary("failed", files.read(), 0, None, [], 0.0, error=message))
+    try:
+        recorded = json.loads(files.summary.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    written = summary(status, files.read(), typed.trainer.epochs if typed is not None else None, None,
+                      recorded.get("devices"), recorded.get("total_seconds"), error=message)
+    files.write_summary(written | ({"environment": recorded["environment"]} if "environment" in recorded else {}))
 
 
 # --- around the run ----------------------------------------------------------------------------------------------------

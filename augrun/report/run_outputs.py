@@ -18,11 +18,11 @@ CPU_NOTE_SECONDS = 600.0
 FASTER_ON_CPU = "model=small_cnn, dataset.train_size=5000, or experiment=smoke"
 
 
-def summary(status: str, records: list[dict[str, Any]], epochs: int, examples_per_s: float | None,
-            devices: list[str], total_seconds: float, error: str | None = None,
+def summary(status: str, records: list[dict[str, Any]], epochs: int | None, examples_per_s: float | None,
+            devices: list[str] | None, total_seconds: float | None, error: str | None = None,
             environment: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json: how the run ended (completed, stopped, failed), its final numbers, and where it ran (the
-    environment block, without which a failure before training is written)."""
+    environment block, without which a failure before training is written). None where nothing was measured."""
     last = records[-1] if records else {}
     return {
         "status": status, "epochs": epochs, "epochs_completed": len(records),
