@@ -41,6 +41,8 @@ __all__ = ["Comparison", "Interrupted", "Run", "Sweep", "TrainingFailed", "UserE
 # choice between train and sweep
 CONFIG_FLAGS = {flag: HYDRA_FLAGS[flag] for flag in ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")}
 DIRECTORY_KEYS = {"train": "hydra.run.dir", "sweep": "hydra.sweep.dir"}
+# imported whole before a call does anything (signals.import_whole): C extensions a Ctrl-C must not cut in half
+HEAVY_IMPORTS = ("torch", "torchvision")
 # held by the call running: Hydra's global state, sys.argv and the signal handling belong to the whole process
 _RUNNING = threading.Lock()
 
@@ -82,6 +84,7 @@ def preview(*overrides: str) -> Image:
 
     plain, flags = split_argv(_strings(overrides))
     writes_out = any(override_key(override) == "out" for override in plain)
+    signals.import_whole(*HEAVY_IMPORTS)
     with _one_call_at_a_time("preview"), tempfile.TemporaryDirectory(prefix="augrun-preview-") as folder:
         _, path = draw_preview(plain, flags, out=None if writes_out else Path(folder) / "preview.png")
         picture = PILImage.open(path)
@@ -108,6 +111,7 @@ def _execute(function: str, overrides: tuple[str, ...]) -> TrainOutcome:
     flags = CONFIG_FLAGS | ({"--multirun": None} if function == "sweep" else {})
     with _one_call_at_a_time(function), signals.handled_during_call(before_hydra_runs):
         try:
+            signals.import_whole(*HEAVY_IMPORTS)  # a stop button pressed meanwhile must not leave torch half-imported
             return execute(parse_command_line(argv, flags_allowed=flags))
         except JobFailed as failure:
             error = failure.user_error or TrainingFailed(failure.message)

@@ -139,6 +139,30 @@ def held_for_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def import_whole(*modules: str) -> None:
+    """Import `modules` whole before a signal acts: Python abandons an import that a KeyboardInterrupt cuts short, but
+    torch's C extension stays half-registered, and every later `import torch` in the process then fails (a notebook
+    kernel's next call). Holding the signal in this thread is not enough (torch's import starts threads, and Python
+    runs the handler in this thread whichever thread the signal reached), so the handlers only record it meanwhile,
+    and the first one recorded is raised again, to the handlers in place before, once the imports are whole."""
+    import importlib
+    if not in_main_thread():  # no handler runs outside the main thread: nothing to defer
+        for module in modules:
+            importlib.import_module(module)
+        return
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in STOP_SIGNALS}
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    if received:
+        signal.raise_signal(received[0])
+
+
 def take_in_rank() -> None:
     """In a DDP rank started by augrun (under `held_for_children`): record SIGINT/SIGTERM for the training loop, then
     take those sent while the rank started."""
