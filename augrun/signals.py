@@ -41,11 +41,11 @@ class Stopped(BaseException):
     has been printed already (rank 0 prints its own, naming the checkpoint it wrote).
     """
 
-    def __init__(self, signum: int, note: str | None = None):
+    def __init__(self, signum: int, note: str | None = None, target: Path | None = None):
         super().__init__(signum, note)
         self.signum, self.note = signum, note
         self.status = 128 + signum
-        self.target: Path | None = None  # the stopped run's directory or sweep's root, set by augrun.commands.train
+        self.target = target  # the stopped run's directory or sweep's root, set by augrun.commands.train
 
 
 def resume_hint(run_dir: Path) -> str:

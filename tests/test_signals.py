@@ -230,3 +230,22 @@ def test_signal_before_training_exits_with_one_line_and_leaves_nothing(signum, w
     assert status == 128 + signum
     assert stderr == f"augrun: stopped by signal {signum} before training started; nothing to resume\n"
     assert stdout == "" and list(workdir.iterdir()) == []
+
+
+def test_a_signal_to_a_parallel_sweeps_pid_stops_its_running_jobs_and_resume_finishes_them(workdir: Path):
+    """joblib runs the jobs in worker processes that `kill PID` on the sweep never reaches: augrun passes it on."""
+    sweep = workdir / "sweep"
+    command = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE, "trainer.workers=0",
+               "trainer.epochs=12", "seed=0,1,2", f"hydra.sweep.dir={sweep}"]
+    run = Augrun(workdir, *command)
+    run.wait_until(lambda: all((sweep / job / "metrics.jsonl").is_file() for job in ("0", "1")), "both jobs training")
+    run.process.send_signal(signal.SIGTERM)  # the sweep's own process alone, as a scheduler sends it
+    status, stdout, stderr = run.finish()
+    assert status == 143, stderr
+    assert [compare.load_run(sweep / job).status for job in ("0", "1")] == ["stopped", "stopped"], \
+        [(sweep / job / "summary.json").read_text() for job in ("0", "1")]
+    assert not (sweep / "2").exists()  # no later job started
+
+    resumed = run_augrun(*command, "resume=true", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert all(compare.load_run(sweep / job).status == "completed" for job in ("0", "1", "2"))

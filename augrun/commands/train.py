@@ -9,8 +9,12 @@ No torch import at module level: the command line reports a typo before torch lo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +66,8 @@ def execute(command: CommandLine) -> TrainOutcome:
     if any(arg.endswith(precheck.AUGRUN_SLURM_LAUNCHER) for arg in hydra_argv):
         _register_augrun_launcher()
     try:
-        run_hydra(train_task, "train", hydra_argv)
+        with _signals_reach_parallel_jobs():
+            run_hydra(train_task, "train", hydra_argv)
     except signals.Stopped as stop:
         stop.target = claimed  # for the caller's note on how to resume
         if stop.signum == signals.TIME_LIMIT_SIGNAL:
@@ -70,8 +75,52 @@ def execute(command: CommandLine) -> TrainOutcome:
         raise
     finally:
         _PLANNED.clear()
+    flag = signals.SignalFlag.installed()
+    if flag.signum is not None and command.multirun:  # a parallel sweep whose jobs stopped on it (their notes said how)
+        raise signals.Stopped(flag.signum, None, target=claimed)
     failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
     return TrainOutcome(claimed, command.multirun, failed)
+
+
+@contextlib.contextmanager
+def _signals_reach_parallel_jobs() -> Iterator[None]:
+    """A parallel launcher (joblib) runs the jobs in worker processes that a signal sent to this process alone (a
+    scheduler's, `kill PID`) never reaches: while Hydra runs, a watcher passes on the first one this process receives,
+    so that each running job stops as it would here, after its checkpoint, and the sweep stops with it."""
+    flag = signals.SignalFlag.installed()
+    if not flag.handles:  # a call from a thread: this process's signals are its main thread's, not ours
+        yield
+        return
+    done = threading.Event()
+
+    def pass_on() -> None:
+        while not done.wait(0.2):
+            if flag.signum is not None:
+                for pid in _parallel_workers():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, flag.signum)
+                return
+
+    watcher = threading.Thread(target=pass_on, name="augrun-pass-on-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _parallel_workers() -> list[int]:
+    """This process's children that run sweep jobs: joblib's loky workers (not its resource trackers)."""
+    workers = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == os.getpid() and \
+                    b"LokyProcess" in (entry / "cmdline").read_bytes():
+                workers.append(int(entry.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+    return workers
 
 
 def _register_augrun_launcher() -> None:
@@ -118,6 +167,7 @@ def before_hydra_runs(frame) -> bool:
 # What a failed sweep job returns to its sweeper: not a number, so that a searching sweeper (Optuna) marks the trial
 # failed and goes on (NaN would be told to Optuna as a value, which it refuses with a traceback that ends the search)
 FAILED_OBJECTIVE = None
+PARALLEL_LAUNCHER = "hydra_joblib_launcher"  # runs the jobs in its worker processes: see _signals_reach_parallel_jobs
 
 
 def train_task(cfg: DictConfig) -> float | None:
@@ -160,6 +210,10 @@ def train_task(cfg: DictConfig) -> float | None:
     if stopped is not None:  # raised here, not in the except block: the error's frames (and workers) are let go first
         if writes:
             _release_unstarted_run(run_dir)
+        if PARALLEL_LAUNCHER in str(hydra_cfg.launcher.get("_target_", "")):
+            # in joblib's worker: raised, it would make joblib end the other jobs' workers before their checkpoints;
+            # the sweep's own process, which passed the signal on, stops the sweep once every job has stopped
+            return FAILED_OBJECTIVE
         raise stopped
     if typed is not None and not typed.resume and writes:
         _write_ended_summary(run_dir, "failed", message, typed)
