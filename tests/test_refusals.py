@@ -427,3 +427,14 @@ def test_preview_out_into_a_run_or_sweep_is_refused(in_workdir: Path, out):
     with pytest.raises(UserError) as caught:
         preview_options([f"out={out}"])
     assert str(caught.value).startswith(f"out: {Path(out).parent} is in ")
+
+
+def test_a_broken_tensorboard_install_is_refused_before_the_run_directory_exists(workdir: Path):
+    """A tensorboard package that is there but fails to import: one line, exit 2, and no run directory."""
+    broken = workdir / "site"
+    (broken / "tensorboard").mkdir(parents=True)
+    (broken / "tensorboard" / "__init__.py").write_text("raise ImportError('a broken install')\n")
+    result = run_augrun("train", *SMOKE, "logger=tensorboard", "hydra.run.dir=run", cwd=workdir,
+                        env={"PYTHONPATH": str(broken)})
+    assert_user_error(result, "logger: tensorboard is installed but cannot be imported")
+    assert not (workdir / "run").exists()

@@ -25,7 +25,16 @@ class TensorBoardLog:
 
 
 def check_logger(logger: str) -> None:
-    """Fail before any work when the chosen logger's package is missing."""
-    if logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+    """Fail before any work when the chosen logger's package is missing, or installed but broken (it is imported
+    here, as the run would import it once its directory exists)."""
+    if logger != "tensorboard":
+        return
+    if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
                           "or logger=none")
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - imported to see that it can be
+    except Exception as error:  # a broken install raises anything from ImportError to AttributeError
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ConfigError("logger", f"tensorboard is installed but cannot be imported ({type(error).__name__}: "
+                          f"{reason}); valid: pip install --force-reinstall tensorboard, or logger=none") from None
