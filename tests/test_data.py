@@ -786,3 +786,50 @@ def test_synthetic_test_set_does_not_depend_on_train_size():
     a = make_synthetic(image_size=8, channels=3, num_classes=4, train_size=40, test_size=20)
     b = make_synthetic(image_size=8, channels=3, num_classes=4, train_size=80, test_size=20)
     assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.labels, b.test.labels)
+
+
+def test_a_file_replaced_with_the_same_size_and_time_invalidates_the_cache(tmp_path, monkeypatch):
+    """`cp -p`, `rsync -a` and `tar x` keep the old timestamp: the cache's key reads the bytes too."""
+    write_image_folder(tmp_path)
+    before = load_image_folder(tmp_path, image_size=32)
+    path = tmp_path / "train" / "bird" / "0.png"
+    stat = path.stat()
+    write_image(path, np.zeros((32, 32, 3), dtype=np.uint8))
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old time, as cp -p leaves it
+    after = load_image_folder(tmp_path, image_size=32)
+    assert after.train.images[0].sum() == 0 and before.train.images[0].sum() > 0  # the new pixels, not the cached
+
+
+def test_a_tampered_cache_is_detected_when_read_and_decoded_again(tmp_path, monkeypatch, capsys):
+    write_image_folder(tmp_path)
+    expected = load_image_folder(tmp_path, image_size=32)
+    (cache,) = cache_files(tmp_path, "train")
+    saved = torch.load(cache, weights_only=True)
+    saved["images"][0] ^= 1  # one flipped bit per pixel of one image, the file still a valid torch file
+    torch.save(saved, cache)
+    calls = count_decodes(monkeypatch)
+    again = load_image_folder(tmp_path, image_size=32)
+    assert len(calls) == 1 and torch.equal(again.train.images, expected.train.images)
+    assert "is damaged; decoding the folder again" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where,expected", [
+    ("images/train", "dataset.cache_dir: {root}/images/train is inside the dataset folder"),
+    ("images", "dataset.cache_dir: {root}/images is inside the dataset folder"),
+    ("run/cache", "dataset.cache_dir: {root}/run/cache is in {root}/run, a run directory"),
+    ("a_file", "dataset.cache_dir: {root}/a_file is not a folder"),
+    ("a_file/cache", "dataset.cache_dir: {root}/a_file is not a folder"),
+])
+def test_a_cache_dir_that_is_no_place_for_a_cache_is_refused(tmp_path, where, expected):
+    write_image_folder(tmp_path / "images")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    (tmp_path / "a_file").write_text("")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    from augrun.errors import UserError
+    with pytest.raises(UserError) as caught:
+        load_dataset("imagefolder", str(tmp_path / "images"), image_size=8, storage="memory",
+                     cache_dir=str(tmp_path / where))
+    assert str(caught.value).startswith(expected.format(root=tmp_path))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

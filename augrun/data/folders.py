@@ -10,6 +10,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ def load_image_folder(root: Path, *, image_size: int, storage: str = "memory", c
     files = find_class_files(root, splits)
     if storage == "stream":
         return DataSplits(*(_file_data(split_files, image_size) for split_files in files))
+    check_cache_dir(root, cache_dir or default_cache_dir())
     cache = _cache_folder(root, cache_dir)
     return DataSplits(*(_cached_decode(cache, split, split_files, image_size) for split, split_files in zip(splits, files)))
 
@@ -152,6 +154,23 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 # --- memory: decoded once, cached ------------------------------------------------------------------------------
 
+def check_cache_dir(root: Path, cache_dir: Path) -> None:
+    """The cache's place, checked like a run directory's: not inside the dataset (its files would become a class),
+    not inside a run or sweep (they are theirs), and a folder augrun can write (or one it wrote before)."""
+    from augrun import rundir
+    cache, data = Path(os.path.abspath(cache_dir)), Path(os.path.abspath(root))
+    if cache == data or data in cache.parents:
+        raise DataError("dataset.cache_dir", f"{printable(cache_dir)} is inside the dataset folder {printable(root)}, "
+                        "whose folders are its splits and classes; valid: a folder outside it (the default: "
+                        f"{printable(default_cache_dir())})")
+    rundir.check_output_place(cache, "dataset.cache_dir")
+    existing = next((p for p in (cache, *cache.parents) if os.path.exists(p)), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        why = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise DataError("dataset.cache_dir", f"{printable(existing)} {why}; valid: a folder augrun can write its "
+                        "decoded copy of the images in")
+
+
 def _cache_folder(root: Path, cache_dir: Path | None) -> Path:
     """One folder per dataset folder (by its absolute path) in the cache directory: its stale files can be removed
     without touching another dataset's."""
@@ -159,34 +178,62 @@ def _cache_folder(root: Path, cache_dir: Path | None) -> Path:
     return (cache_dir or default_cache_dir()) / f"imagefolder-{hashlib.sha1(resolved.encode()).hexdigest()[:16]}"
 
 
+SAMPLED_BYTES = 4096  # of each file's head and tail, in the cache's key: all of a small image (CIFAR's JPEGs: ~900 bytes)
+
+
 def _fingerprint(files: dict[str, list[Path]], image_size: int) -> str:
-    """Changes when any file is added, removed, renamed, resized or touched: then the cache is rebuilt."""
-    digest = hashlib.sha1(f"v1 {image_size}".encode())
+    """Changes when any file is added, removed, renamed, resized, touched, or rewritten with the same size and time
+    (`cp -p`, `rsync -a`, `tar x`): its head and tail bytes are in the key too. Then the cache is rebuilt."""
+    digest = hashlib.blake2b(f"v2 {image_size}".encode(), digest_size=16)
     for c, paths in files.items():
         for p in paths:
-            stat = p.stat()
+            with open(p, "rb") as file:
+                stat = os.fstat(file.fileno())
+                head = file.read(SAMPLED_BYTES)
+                if stat.st_size > 2 * SAMPLED_BYTES:
+                    file.seek(-SAMPLED_BYTES, os.SEEK_END)
+                tail = file.read(SAMPLED_BYTES)
             digest.update(f"{c}/{p.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+            digest.update(head)
+            digest.update(tail)
+    return digest.hexdigest()
 
 
 def _cached_decode(cache_dir: Path, split: str, files: dict[str, list[Path]], image_size: int) -> ImageData:
     cache = cache_dir / f"{split}-{image_size}-{_fingerprint(files, image_size)}.pt"
     if cache.is_file():
-        try:
-            saved = torch.load(cache, weights_only=True)
-            return ImageData(saved["images"], saved["labels"], list(saved["classes"]))
-        except Exception:  # a cache is only a shortcut: decode again when it cannot be read
-            pass
+        cached = _read_cache(cache)
+        if cached is not None:
+            return cached
+        print(f"augrun: warning: the decoded copy {printable(cache)} is damaged; decoding the folder again",
+              file=sys.stderr)
     data = _decode(files, image_size)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(f"{split}-{image_size}-*.pt"):
             stale.unlink()
         with atomic_open(cache) as file:
-            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes}, file)
-    except (OSError, RuntimeError):  # RuntimeError: torch's writer on a full disk
-        pass  # an unwritable cache directory still works, the folder is just decoded every time
+            torch.save({"images": data.images, "labels": data.labels, "classes": data.classes,
+                        "digest": _pixels_digest(data.images)}, file)
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch's writer on a full disk
+        print(f"augrun: warning: cannot keep a decoded copy in {printable(cache_dir)} ({error}); the folder is "
+              "decoded at every start", file=sys.stderr)
     return data
+
+
+def _read_cache(cache: Path) -> ImageData | None:
+    """The cached split, verified against the digest of its pixels stored with it; None when it cannot be trusted."""
+    try:
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("digest") != _pixels_digest(saved["images"]):
+            return None
+        return ImageData(saved["images"], saved["labels"], list(saved["classes"]))
+    except Exception:  # noqa: BLE001 - a damaged file makes torch raise almost any type: decode again
+        return None
+
+
+def _pixels_digest(images: torch.Tensor) -> str:
+    return hashlib.blake2b(images.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
 
 
 def _decode(files: dict[str, list[Path]], image_size: int) -> ImageData:
