@@ -488,3 +488,18 @@ def test_preview_show_dataset_refuses_a_loop_or_a_truncated_jpeg_in_one_line(wor
             truncated_jpeg(workdir / "photos" / "train" / name / f"{index}.png")
     with pytest.raises(UserError, match=r"^dataset.root: cannot decode .*\.png \(image file is truncated"):
         write_preview(preview_options(args))
+
+
+@pytest.mark.slow
+def test_a_streamed_file_that_fails_mid_run_is_one_line_and_a_summary_without_zeroed_numbers(workdir: Path):
+    """Streamed files are checked from their headers up front; one whose pixels are cut short fails when decoded:
+    one line, exit 2, and a summary.json that says what failed, with null where nothing was measured."""
+    make_image_folder(workdir / "photos", per_class=6)
+    bad = truncated_jpeg(workdir / "photos" / "train" / "dog" / "5.png")
+    result = run_augrun("train", *SMOKE, "dataset=imagefolder", f"dataset.root={workdir / 'photos'}",
+                        "dataset.storage=stream", "aug=crop", "aug.train.RandomResizedCrop.size=32", "trainer.workers=0",
+                        "hydra.run.dir=run", cwd=workdir)
+    assert_user_error(result, f"dataset.root: cannot decode {bad} (image file is truncated")
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and str(bad) in summary["error"]
+    assert summary["epochs_completed"] == 0 and summary["final"] is None and summary["total_seconds"] is None
