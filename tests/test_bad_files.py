@@ -8,6 +8,7 @@ Every file is written here, in tmp_path. Most cases call augrun's functions in t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import warnings
@@ -503,3 +504,30 @@ def test_a_streamed_file_that_fails_mid_run_is_one_line_and_a_summary_without_ze
     summary = json.loads((workdir / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and str(bad) in summary["error"]
     assert summary["epochs_completed"] == 0 and summary["final"] is None and summary["total_seconds"] is None
+
+
+@pytest.fixture
+def nearly_full_disk(tmp_path: Path):
+    """A 64 KiB tmpfs, filled to its last bytes (root only: mount)."""
+    import subprocess
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.decode().strip() or 'not root'})")
+    try:
+        with open(mount / "filler", "wb") as filler:
+            with contextlib.suppress(OSError):
+                filler.write(b"\0" * 70_000)  # more than fits: the disk is full to its last block
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_hydras_own_writes_is_one_line(nearly_full_disk: Path, workdir: Path):
+    result = run_augrun("train", *SMOKE, f"hydra.run.dir={nearly_full_disk / 'run'}", cwd=workdir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("augrun: error: ")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], result.stderr

@@ -73,6 +73,8 @@ def execute(command: CommandLine) -> TrainOutcome:
         if stop.signum == signals.TIME_LIMIT_SIGNAL:
             _requeue_at_time_limit(stop)
         raise
+    except Exception as error:  # escaped Hydra itself: its own writes (a full disk), a launcher plugin's failure
+        raise JobFailed(_describe_hydra_failure(error), 1) from None
     finally:
         _PLANNED.clear()
     flag = signals.SignalFlag.installed()
@@ -270,6 +272,13 @@ def _stopped_by_failure(signum: int, message: str, run_dir: Path, typed: TrainCo
                                    f"{signals.resume_hint(run_dir)}")
 
 
+def _describe_hydra_failure(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename:
+        return f"cannot write {error.filename} ({error.strerror or error}); valid: a place with room and permission " \
+               "to write (hydra.run.dir, hydra.sweep.dir)"
+    return f"Hydra failed: {type(error).__name__}: {first_line(error)}"
+
+
 def _describe_failure(error: BaseException) -> tuple[str, int]:
     """One line and the exit status for a run that failed while training."""
     from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
@@ -296,9 +305,12 @@ def _write_ended_summary(run_dir: Path, status: str, message: str, typed: TrainC
     except (OSError, ValueError):
         recorded = {}
     recorded = recorded if isinstance(recorded, dict) else {}
-    written = summary(status, files.read(), typed.trainer.epochs if typed is not None else None, None,
-                      recorded.get("devices"), recorded.get("total_seconds"), error=message)
-    files.write_summary(written | ({"environment": recorded["environment"]} if "environment" in recorded else {}))
+    try:
+        written = summary(status, files.read(), typed.trainer.epochs if typed is not None else None, None,
+                          recorded.get("devices"), recorded.get("total_seconds"), error=message)
+        files.write_summary(written | ({"environment": recorded["environment"]} if "environment" in recorded else {}))
+    except (OSError, ValueError) as error:  # a full disk, or metrics.jsonl cut short by it: the line above says all
+        _warn(f"could not write {files.summary} ({getattr(error, 'strerror', None) or error})")
 
 
 # --- around the run ----------------------------------------------------------------------------------------------------

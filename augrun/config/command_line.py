@@ -2,6 +2,7 @@
 (config directories made absolute), the key an override sets, and the call that hands argv to Hydra."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,15 +114,23 @@ def split_argv(argv: list[str]) -> tuple[list[str], set[str]]:
 
 
 def run_hydra(task, config_name: str, argv: list[str]) -> None:
+    """Hydra's run of `task` on argv. An error that escapes Hydra (its own writes on a full disk, a plugin's failure)
+    is raised to the caller, which says it in one line, instead of being printed by Hydra as a traceback
+    (HYDRA_FULL_ERROR, for this call only)."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
     # Hydra reads sys.argv: the caller's is put back, and Hydra's global state cleared, for a Python caller (Jupyter)
-    caller_argv = sys.argv
+    caller_argv, caller_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [sys.argv[0]] + argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")(task)()
     finally:
         sys.argv = caller_argv
+        if caller_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = caller_full_error
         GlobalHydra.instance().clear()
 
 
