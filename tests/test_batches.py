@@ -116,3 +116,28 @@ def test_cuda_batches_are_made_without_host_sync():
         next(source)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+class Hangs(torch.utils.data.Dataset):
+    """A dataset whose worker never returns a batch: a hung file system, as a DataLoader worker sees it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key):
+        import time
+        time.sleep(3600)
+
+
+def test_a_worker_that_never_returns_a_batch_fails_the_run_instead_of_waiting_forever(monkeypatch):
+    import time
+
+    from augrun.data import batches
+    monkeypatch.setattr(batches, "WORKER_BATCH_TIMEOUT_S", 2.0)
+    began = time.monotonic()
+    loader = batches.worker_batches(Hangs(), 1, 0, plan_args=dict(batch_size=2, seed=0, rank=0, world_size=1,
+                                                                  shuffle=False), workers=1, device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="DataLoader timed out after 2.0 seconds"):
+        next(loader)
+    assert time.monotonic() - began < 30
+    del loader  # its worker is ended with it

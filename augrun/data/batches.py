@@ -27,6 +27,12 @@ FORK_UNSAFE_WITH_THREADS = sys.version_info < (3, 11, 10)
 WORKER_PRELOAD = ["torch", "torchvision", "augrun.data.batches", "augrun.data.streaming"]
 
 
+# The longest a DataLoader worker may take for one batch: a worker stuck for good (a hung network file system) fails the
+# run in one line after this, instead of a wait that no signal ends (the training loop acts on a signal between
+# batches). Far above any real batch: a worker's first, which waits for a forkserver to import torch, takes seconds.
+WORKER_BATCH_TIMEOUT_S = 600.0
+
+
 def worker_start_method():
     """How DataLoader workers start. Forked where the OS can: a rank started by spawn would otherwise spawn its workers
     too, and each spawned worker spends seconds importing torch again, every epoch. But a fork from a process whose
@@ -140,7 +146,8 @@ def worker_batches(dataset: torch.utils.data.Dataset, epoch: int, start_step: in
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate_fn,
                                          pin_memory=device.type == "cuda",
                                          multiprocessing_context=worker_start_method() if workers else None,
-                                         worker_init_fn=signals.leave_to_parent if workers else None)
+                                         worker_init_fn=signals.leave_to_parent if workers else None,
+                                         timeout=WORKER_BATCH_TIMEOUT_S if workers else 0)
     with signals.held_for_children():  # the workers start here: a signal to the group must wait for their handling
         return iter(loader)
 
