@@ -65,8 +65,9 @@ def execute(command: CommandLine) -> TrainOutcome:
         _PLANNED.update({job.number: job for job in checked.jobs})
     if any(arg.endswith(precheck.AUGRUN_SLURM_LAUNCHER) for arg in hydra_argv):
         _register_augrun_launcher()
+    passed_on: list[int] = []  # the parallel workers a signal was passed on to
     try:
-        with _signals_reach_parallel_jobs():
+        with _signals_reach_parallel_jobs(passed_on):
             run_hydra(train_task, "train", hydra_argv)
     except signals.Stopped as stop:
         stop.target = claimed  # for the caller's note on how to resume
@@ -77,18 +78,18 @@ def execute(command: CommandLine) -> TrainOutcome:
         raise JobFailed(_describe_hydra_failure(error), 1) from None
     finally:
         _PLANNED.clear()
-    flag = signals.SignalFlag.installed()
-    if flag.signum is not None and command.multirun:  # a parallel sweep whose jobs stopped on it (their notes said how)
-        raise signals.Stopped(flag.signum, None, target=claimed)
+    if passed_on:  # a parallel sweep whose jobs stopped on the signal (their notes said how to resume)
+        raise signals.Stopped(signals.SignalFlag.installed().signum, None, target=claimed)
     failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
     return TrainOutcome(claimed, command.multirun, failed)
 
 
 @contextlib.contextmanager
-def _signals_reach_parallel_jobs() -> Iterator[None]:
+def _signals_reach_parallel_jobs(passed_on: list[int]) -> Iterator[None]:
     """A parallel launcher (joblib) runs the jobs in worker processes that a signal sent to this process alone (a
     scheduler's, `kill PID`) never reaches: while Hydra runs, a watcher passes on the first one this process receives,
-    so that each running job stops as it would here, after its checkpoint, and the sweep stops with it."""
+    so that each running job stops as it would here, after its checkpoint, and the sweep stops with it. The workers
+    it reached are added to `passed_on`."""
     flag = signals.SignalFlag.installed()
     if not flag.handles:  # a call from a thread: this process's signals are its main thread's, not ours
         yield
@@ -101,6 +102,7 @@ def _signals_reach_parallel_jobs() -> Iterator[None]:
                 for pid in _parallel_workers():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, flag.signum)
+                        passed_on.append(pid)
                 return
 
     watcher = threading.Thread(target=pass_on, name="augrun-pass-on-signals", daemon=True)
