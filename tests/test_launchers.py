@@ -103,3 +103,25 @@ def test_a_signal_while_waiting_for_the_other_ranks_stops_at_once(signum, workdi
                                            "2 ranks arrived at 127.0.0.1:" + stderr.split("127.0.0.1:")[1].split(")")[0]
                                            + "), before training"], stderr
     assert not (workdir / "run").exists()
+
+
+def test_slurm_tasks_take_their_own_gpu_or_are_refused_in_one_line(monkeypatch):
+    """Placement of a launcher's ranks, as a node's GPUs and its tasks must agree (no GPU needed: devices are named)."""
+    from augrun.errors import ConfigError
+    from augrun.run import distributed
+    for name in list(launchers.TORCHRUN_MARKERS):
+        monkeypatch.delenv(name, raising=False)
+    task = {**TASK, "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1"}
+    for name, value in task.items():
+        monkeypatch.setenv(name, value)
+    member = launchers.group_member()
+    two = distributed.resolve_devices("auto", nprocs=None, strategy="ddp", visible_gpus=2)
+    assert (two.nprocs, two.strategy, str(distributed.member_device(two, member))) == (2, "ddp", "cuda:1")
+    one = distributed.resolve_devices("auto", nprocs=None, strategy="ddp", visible_gpus=1)  # --gpus-per-task=1
+    assert str(distributed.member_device(one, member)) == "cuda:0"
+    monkeypatch.setenv("SLURM_LOCALID", "2")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "3")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    with pytest.raises(ConfigError, match="^trainer.devices: slurm started 3 or more processes on this node, which sees "
+                                          "2 GPUs; valid: one GPU per process"):
+        distributed.resolve_devices("auto", nprocs=None, strategy="ddp", visible_gpus=2)
