@@ -54,16 +54,14 @@ def check_plugin_settings(cfg: DictConfig) -> None:
         node = OmegaConf.select(cfg, f"hydra.{section}")
         if node is None:
             continue
-        target = str(node.get("_target_", ""))
+        settings = OmegaConf.to_container(node, resolve=True)
         for plugin, rules in SETTINGS.items():
-            if plugin not in target:
+            if plugin not in str(settings.get("_target_", "")):
                 continue
             for key, rule in rules.items():
-                if key in node:
-                    value = OmegaConf.to_container(node, resolve=True)[key]
-                    valid = rule(value)
-                    if valid:
-                        raise ConfigError(f"hydra.{section}.{key}", f"got {value!r}; valid: {valid}")
+                valid = rule(settings[key]) if key in settings else None
+                if valid:
+                    raise ConfigError(f"hydra.{section}.{key}", f"got {settings[key]!r}; valid: {valid}")
 
 
 def check_sweep(override) -> None:
