@@ -69,14 +69,30 @@ def check_output_place(path: Path, key: str, *, own: tuple[Path, ...] = ()) -> N
 
 def job_progress(path: Path) -> str:
     """Where a sweep job stands: "completed", "interrupted" (a checkpoint to resume) or "new" (start it)."""
-    import json
-    try:
-        status = json.loads((path / SUMMARY).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        status = None
-    if status == "completed" and (path / CHECKPOINT).is_file():
+    if ended_status(path) == "completed" and (path / CHECKPOINT).is_file():
         return "completed"
     return "interrupted" if (path / CHECKPOINT).is_file() else "new"
+
+
+def ended_status(path: Path) -> str | None:
+    """How the run in `path` ended, as its summary.json says ("completed", "failed", "stopped"); None without one."""
+    status = _summary(path).get("status")
+    return status if isinstance(status, str) else None
+
+
+def final_test_acc(path: Path) -> float | None:
+    """The run's final test accuracy, from its summary.json (written by rank 0, whichever process that was)."""
+    final = _summary(path).get("final")
+    return final.get("test_acc") if isinstance(final, dict) else None
+
+
+def _summary(path: Path) -> dict:
+    import json
+    try:
+        summary = json.loads((path / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def check_writable(path: Path, key: str) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
 from augrun.config.command_line import CommandLine, override_key
-from augrun.config.compose import compose, expand_jobs, to_train_config
+from augrun.config.compose import compose, expand_jobs, searched_keys, sweep_job_dir, to_train_config
 from augrun.config.plugin_settings import check_plugin_settings
 from augrun.config.schema import TrainConfig
 from augrun.errors import UserError, printable
@@ -35,7 +35,8 @@ class Job:
     number: int
     composed: TrainConfig       # the config as composed, which Hydra's own composition of the job must equal
     run_dir: Path
-    # in a resumed sweep: "completed" (kept), "interrupted" (continued) or "new" (started); "" for any other job
+    # in a resumed sweep: "completed" (kept), "interrupted" (continued) or "new" (started), or a search's "failed"
+    # trial (kept); "" for any other job
     progress: str = ""
     prepared: Prepared | None = None  # None for a completed job, which does not run again
     notes: list[str] = field(default_factory=list)  # warnings, said when the job starts
@@ -76,33 +77,42 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
         target = replace(target, path=rundir.first_unused(target.path))
     rundir.check_writable(target.path, target.key)
     rundir.check_placement(target.path, target.key, kind=target.kind, resume=resume)
-    jobs = [_job(number, cfg, target, command.multirun) for number, cfg in enumerate(configs)]
+    search = command.multirun and OmegaConf.select(configs[0], "hydra.sweeper._target_") != rundir.BASIC_SWEEPER
+    jobs = [_job(number, cfg, target, command.multirun, search=search, resume=resume)
+            for number, cfg in enumerate(configs)]
     _check_distinct(jobs, target)
+    if search and resume:
+        jobs += _recorded_trials(command, configs[0], jobs_overrides[0], target)
 
     # the checks above need no torch; importing it takes seconds, so a typo is reported before that
     loaded: dict = {}  # the datasets this command loaded, by their arguments: a sweep's jobs share one copy
     for job in jobs:
         prepare_job(job, visible_gpus=visible_gpus(), loaded=loaded, rehearse=True, warn=job.notes.append)
     claimed = rundir.claim(target.path, target.key, kind=target.kind, resume=resume, may_rename=target.from_clock)
-    extra = [f"{target.key}={quote_override_value(str(claimed))}", *_launcher_overrides(configs[0], command)]
+    extra = [f"{target.key}={quote_override_value(str(claimed))}", *_plugin_overrides(configs[0], command)]
     return CheckedCommand(command.hydra_argv(extra), claimed, jobs)
 
 
 # Hydra's submitit plugin's Slurm launcher runs as augrun's subclass of it (augrun.run.slurm_launcher: checkpoint before
 # a requeue, multi-task DDP, bounded waits), with requeues enough for a run longer than its time limit (the plugin's
-# max_num_timeout is 0: a job at its limit would end there) unless the command sets them.
+# max_num_timeout is 0: a job at its limit would end there) unless the command sets them. The Optuna plugin's sweeper
+# runs as augrun's too (augrun.run.optuna_search: a stopped search continues with resume=true).
 PLUGIN_SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 AUGRUN_SLURM_LAUNCHER = "hydra_plugins.augrun_launchers.AugrunSlurmLauncher"
+PLUGIN_OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+AUGRUN_OPTUNA_SWEEPER = "hydra_plugins.augrun_launchers.AugrunOptunaSweeper"
 SLURM_REQUEUES = 20
 
 
-def _launcher_overrides(cfg: DictConfig, command: CommandLine) -> list[str]:
-    if OmegaConf.select(cfg, "hydra.launcher._target_") != PLUGIN_SLURM_LAUNCHER:
-        return []
-    extra = [f"hydra.launcher._target_={AUGRUN_SLURM_LAUNCHER}"]
-    set_here = any(override_key(o) == "hydra.launcher.max_num_timeout" for o in command.overrides)
-    if not set_here and OmegaConf.select(cfg, "hydra.launcher.max_num_timeout") == 0:  # the plugin's default
-        extra.append(f"hydra.launcher.max_num_timeout={SLURM_REQUEUES}")
+def _plugin_overrides(cfg: DictConfig, command: CommandLine) -> list[str]:
+    extra = []
+    if OmegaConf.select(cfg, "hydra.sweeper._target_") == PLUGIN_OPTUNA_SWEEPER:
+        extra.append(f"hydra.sweeper._target_={AUGRUN_OPTUNA_SWEEPER}")
+    if OmegaConf.select(cfg, "hydra.launcher._target_") == PLUGIN_SLURM_LAUNCHER:
+        extra.append(f"hydra.launcher._target_={AUGRUN_SLURM_LAUNCHER}")
+        set_here = any(override_key(o) == "hydra.launcher.max_num_timeout" for o in command.overrides)
+        if not set_here and OmegaConf.select(cfg, "hydra.launcher.max_num_timeout") == 0:  # the plugin's default
+            extra.append(f"hydra.launcher.max_num_timeout={SLURM_REQUEUES}")
     return extra
 
 
@@ -121,6 +131,8 @@ def prepare_job(job: Job, *, visible_gpus: int, loaded: dict | None, rehearse: b
     from augrun.run import trainer
     if job.progress == "completed":
         trainer.check_resume(job.run_dir, job.typed)
+    elif job.progress == "failed":  # a search's failed trial, kept as it is: it does not run again
+        pass
     else:
         job.prepared = trainer.prepare(job.typed, job.run_dir, visible_gpus=visible_gpus, warn=warn,
                                        job_num=job.number, rehearse=rehearse, loaded=loaded)
@@ -136,23 +148,31 @@ def _target(cfg: DictConfig, multirun: bool) -> Target:
     return Target(key, kind, Path(str(raw)), "${now:" in str(unresolved))
 
 
-def _job(number: int, cfg: DictConfig, target: Target, multirun: bool) -> Job:
-    run_dir = _job_dir(cfg, number, target) if multirun else target.path
+def _job(number: int, cfg: DictConfig, target: Target, multirun: bool, *, search: bool, resume: bool) -> Job:
+    """A job of the command. A search's jobs are samples of what it may pick (compose.sample_jobs): they check its
+    range, and have no directory or progress of their own (a resumed search's trials are `_recorded_trials`)."""
+    run_dir = sweep_job_dir(cfg, number, target.path) if multirun else target.path
     _check_output_subdir(cfg, run_dir)
+    if search:
+        return Job(number, to_train_config(cfg), run_dir, progress="new" if resume else "")
     return new_job(number, to_train_config(cfg), run_dir, multirun=multirun)
 
 
-def _job_dir(cfg: DictConfig, number: int, target: Target) -> Path:
-    """A sweep job's directory, as Hydra's launcher will name it (hydra.sweep.subdir may use the job number)."""
-    OmegaConf.update(cfg, "hydra.job.num", number, force_add=True)
-    OmegaConf.update(cfg, "hydra.job.id", str(number), force_add=True)
-    subdir = Path(str(cfg.hydra.sweep.subdir))
-    job_dir = target.path / subdir
-    if subdir.is_absolute() or ".." in subdir.parts or os.path.normpath(job_dir) == os.path.normpath(target.path):
-        raise UserError("hydra.sweep.subdir", f"{subdir} puts job {number} outside its own directory of the sweep "
-                        f"{printable(target.path)}; valid: a relative path that differs per job, e.g. "
-                        "${hydra.job.num} (the default)")
-    return job_dir
+def _recorded_trials(command: CommandLine, cfg: DictConfig, sample: list[str], target: Target) -> list[Job]:
+    """The trials of a stopped search, each as its job recorded it (augrun.run.optuna_search): the command's overrides
+    with the trial's own searched values; a completed trial must be the same experiment, an interrupted one continues."""
+    from augrun.run import optuna_search
+    if OmegaConf.select(cfg, "hydra.sweeper.storage") is not None:
+        raise UserError("hydra.sweeper.storage", "resume=true continues a search from its job directories, and "
+                        "Optuna's own storage would hold its trials twice; valid: null (the default) when resuming")
+    searched = set(searched_keys(command))
+    jobs = []
+    for trial in optuna_search.recorded_trials(cfg, target.path, optuna_search.total_trials(cfg)).values():
+        overrides = [f"{key}={trial.overrides.get(key, value)}" if key in searched else f"{key}={value}"
+                     for key, value in (o.split("=", 1) for o in sample)]
+        progress = trial.ended or rundir.job_progress(trial.run_dir)
+        jobs.append(Job(trial.number, to_train_config(compose(command, overrides)), trial.run_dir, progress))
+    return jobs
 
 
 def _check_output_subdir(cfg: DictConfig, run_dir: Path) -> None:

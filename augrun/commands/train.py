@@ -63,8 +63,8 @@ def execute(command: CommandLine) -> TrainOutcome:
         checked = precheck.precheck_train(command, visible_gpus=_visible_gpus)
         hydra_argv, claimed = checked.hydra_argv, checked.claimed
         _PLANNED.update({job.number: job for job in checked.jobs})
-    if any(arg.endswith(precheck.AUGRUN_SLURM_LAUNCHER) for arg in hydra_argv):
-        _register_augrun_launcher()
+    if any(arg.endswith((precheck.AUGRUN_SLURM_LAUNCHER, precheck.AUGRUN_OPTUNA_SWEEPER)) for arg in hydra_argv):
+        _register_augrun_plugins()
     passed_on: list[int] = []  # the parallel workers a signal was passed on to
     try:
         with _signals_reach_parallel_jobs(passed_on):
@@ -73,6 +73,8 @@ def execute(command: CommandLine) -> TrainOutcome:
         stop.target = claimed  # for the caller's note on how to resume
         if stop.signum == signals.TIME_LIMIT_SIGNAL:
             _requeue_at_time_limit(stop)
+        raise
+    except UserError:  # found by a plugin of augrun's as the sweep ran (a resumed search that is not the same search)
         raise
     except Exception as error:  # escaped Hydra itself: its own writes (a full disk), a launcher plugin's failure
         raise JobFailed(_describe_hydra_failure(error), 1) from None
@@ -127,13 +129,15 @@ def _parallel_workers() -> list[int]:
     return workers
 
 
-def _register_augrun_launcher() -> None:
-    """Hydra instantiates launchers from its plugin registry, filled by a scan of the hydra_plugins folders on disk,
-    which misses augrun's own under an editable install (`pip install -e`): register it by hand, as Hydra allows."""
+def _register_augrun_plugins() -> None:
+    """Hydra instantiates plugins from its plugin registry, filled by a scan of the hydra_plugins folders on disk,
+    which misses augrun's own under an editable install (`pip install -e`): register them by hand, as Hydra allows."""
     from hydra.core.plugins import Plugins
 
-    from hydra_plugins.augrun_launchers import AugrunSlurmLauncher
-    Plugins.instance().register(AugrunSlurmLauncher)
+    import hydra_plugins.augrun_launchers as augrun_plugins
+    for name in ("AugrunSlurmLauncher", "AugrunOptunaSweeper"):
+        if hasattr(augrun_plugins, name):  # defined where its plugin's optional extra is installed
+            Plugins.instance().register(getattr(augrun_plugins, name))
 
 
 def _requeue_at_time_limit(stop: signals.Stopped) -> None:
@@ -196,11 +200,11 @@ def train_task(cfg: DictConfig) -> float | None:
         typed = job.typed
         if job.progress == "completed":
             print(f"augrun: job {job.number} completed before; kept as it is", file=sys.stderr)
-            return _objective(run_dir)
+            return rundir.final_test_acc(run_dir)
         for note in job.notes:
             _warn(note)
         trainer.run(dataclasses.replace(job.prepared, run_dir=run_dir))
-        return _objective(run_dir)
+        return rundir.final_test_acc(run_dir)
     except signals.Stopped as stop:
         stopped = stop
     except UserError as error:  # bad input found once the run started (in any of its ranks)
@@ -236,16 +240,6 @@ def _job(number: int, composed: TrainConfig, run_dir: Path, multirun: bool) -> p
         return planned
     job = precheck.new_job(number, composed, run_dir, multirun=multirun)
     return precheck.prepare_job(job, visible_gpus=_visible_gpus(), loaded=None, rehearse=False, warn=_warn)
-
-
-def _objective(run_dir: Path) -> float | None:
-    """The run's final test accuracy, from its summary.json (written by rank 0, whichever process that was)."""
-    import json
-    try:
-        final = json.loads((run_dir / rundir.SUMMARY).read_text()).get("final") or {}
-    except (OSError, ValueError):
-        return None
-    return final.get("test_acc")
 
 
 def _warn(message: str) -> None:

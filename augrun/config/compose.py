@@ -5,7 +5,9 @@ The pre-check composes every job with this module before Hydra runs anything, so
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -14,7 +16,7 @@ from augrun.config.command_line import CONFIG_MODULE, CommandLine
 from augrun.config.hydra_errors import describe_composition_error, describe_parse_error, explain_omegaconf, mapping_form
 from augrun.config.plugin_settings import check_sweep
 from augrun.config.schema import TrainConfig, check_ranges, register_schemas
-from augrun.errors import ConfigError, UserError, first_line
+from augrun.errors import ConfigError, UserError, first_line, printable
 
 
 def compose(command: CommandLine, overrides: list[str], *, blame: bool = True) -> DictConfig:
@@ -87,37 +89,71 @@ def expand_jobs(command: CommandLine) -> list[list[str]]:
     """The override lists to check: every job, as Hydra's basic sweeper will launch them; or, for a sweeper that picks
     values as it goes (Optuna), the fixed part with each searched parameter at each end of its range (`sample_jobs`)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    if not command.multirun:
+        sweeps = [o.input_line for o in _parsed(command, command.overrides) if o.is_sweep_override()]
+        if sweeps:
+            raise UserError(sweeps[0], f"a sweep needs -m (augrun train -m {' '.join(command.overrides)})")
+        return [command.overrides]
+    parsed, sweeper_target = _sweep(command)
+    try:
+        if sweeper_target != rundir.BASIC_SWEEPER:
+            return sample_jobs(parsed)
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except ValueError as error:  # a sweep range that cannot expand, say
+        raise _bad_sweep(error) from None
+
+
+def searched_keys(command: CommandLine) -> list[str]:
+    """The keys a sweep varies (from the command line or the config's hydra.sweeper.params), in their order."""
+    return list(dict.fromkeys(o.get_key_element() for o in _sweep(command)[0] if o.is_sweep_override()))
+
+
+def _parsed(command: CommandLine, overrides: list[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
-    overrides = command.overrides
-    parser = OverridesParser.create()
     try:
-        parsed = parser.parse_overrides(overrides)
+        return OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException:
         compose(command, overrides)  # names the override that does not parse
         raise
-    if not command.multirun:
-        sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
-        if sweeps:
-            raise UserError(sweeps[0], f"a sweep needs -m (augrun train -m {' '.join(overrides)})")
-        return [overrides]
-    # sweeps can also come from the config (an experiment's hydra.sweeper.params), as Hydra's sweepers read them;
-    # they compose them without the sweep values, and the command line wins per key
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def _sweep(command: CommandLine) -> tuple[list, str | None]:
+    """A multirun's overrides, parsed and range-checked, and its sweeper's _target_. Sweeps can also come from the
+    config (an experiment's hydra.sweeper.params), as Hydra's sweepers read them: they compose them without the
+    sweep values, and the command line wins per key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+    fixed = [o.input_line for o in _parsed(command, command.overrides) if not o.is_sweep_override()]
     sweeper = compose(command, fixed).hydra.sweeper
     params = sweeper.get("params") or {}
     try:
-        parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + command.overrides)
         for override in parsed:
             if override.is_sweep_override():
                 check_sweep(override)
-        if sweeper.get("_target_") != rundir.BASIC_SWEEPER:
-            return sample_jobs(parsed)
-        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except UserError:  # a sweep range named by its key (check_sweep)
         raise
-    except (OverrideParseException, ValueError) as error:  # a sweep range that cannot expand, say
-        raise UserError("", f"hydra.sweeper.params or a sweep override: {first_line(error)}") from None
+    except (OverrideParseException, ValueError) as error:
+        raise _bad_sweep(error) from None
+    return parsed, sweeper.get("_target_")
+
+
+def _bad_sweep(error: Exception) -> UserError:
+    return UserError("", f"hydra.sweeper.params or a sweep override: {first_line(error)}")
+
+
+def sweep_job_dir(cfg: DictConfig, number: int, root: Path) -> Path:
+    """A sweep job's directory, as Hydra's launcher will name it (hydra.sweep.subdir may use the job number)."""
+    OmegaConf.update(cfg, "hydra.job.num", number, force_add=True)
+    OmegaConf.update(cfg, "hydra.job.id", str(number), force_add=True)
+    subdir = Path(str(cfg.hydra.sweep.subdir))
+    job_dir = root / subdir
+    if subdir.is_absolute() or ".." in subdir.parts or os.path.normpath(job_dir) == os.path.normpath(root):
+        raise UserError("hydra.sweep.subdir", f"{subdir} puts job {number} outside its own directory of the sweep "
+                        f"{printable(root)}; valid: a relative path that differs per job, e.g. "
+                        "${hydra.job.num} (the default)")
+    return job_dir
 
 
 def sample_jobs(parsed) -> list[list[str]]:

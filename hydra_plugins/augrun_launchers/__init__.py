@@ -1,7 +1,8 @@
-"""augrun's Hydra launcher plugin: the submitit plugin's Slurm launcher as augrun runs it. Hydra instantiates launchers
-only from the hydra_plugins package, so the class is defined here; what it does is augrun.run.slurm_launcher's.
-augrun's pre-check points `hydra/launcher=submitit_slurm` here (augrun.commands.precheck). Without the optional extra
-augrun[slurm] this module defines nothing, so that Hydra's plugin scan of every command stays quiet.
+"""augrun's Hydra plugins: the submitit plugin's Slurm launcher and the Optuna plugin's sweeper as augrun runs them.
+Hydra instantiates plugins only from the hydra_plugins package, so the classes are defined here; what they do is
+augrun.run.slurm_launcher's and augrun.run.optuna_search's. augrun's pre-check points `hydra/launcher=submitit_slurm`
+and `hydra/sweeper=optuna` here (augrun.commands.precheck). Without an optional extra (augrun[slurm], augrun[optuna])
+its class is not defined, so that Hydra's plugin scan of every command stays quiet.
 """
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 except ImportError:  # augrun[slurm] not installed
     SubmititSlurmLauncher = None
+
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # augrun[optuna] not installed
+    OptunaSweeper = None
 
 if SubmititSlurmLauncher is not None:
     class AugrunSlurmLauncher(SubmititSlurmLauncher):
@@ -22,3 +28,11 @@ if SubmititSlurmLauncher is not None:
         def launch(self, job_overrides, initial_job_idx):
             from augrun.run import slurm_launcher
             return slurm_launcher.submit_and_wait(self, job_overrides, initial_job_idx)
+
+if OptunaSweeper is not None:
+    class AugrunOptunaSweeper(OptunaSweeper):
+        """The plugin's search, which a stopped search continues with resume=true."""
+
+        def sweep(self, arguments):
+            from augrun.run import optuna_search
+            return optuna_search.sweep(self.sweeper, arguments)
