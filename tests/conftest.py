@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import SMOKE, compose_train
+from helpers import SMOKE, STEP_MARKER, compose_train
 
 from augrun.config.compose import to_train_config
 
@@ -56,3 +56,12 @@ def slurm(tmp_path_factory) -> dict[str, str]:
     full["PATH"] = full["PATH"].replace(str(folder), "/nonexistent")
     yield full
     stop_cluster(folder)
+
+
+@pytest.fixture
+def marker_hooks(tmp_path: Path) -> Path:
+    """A folder for PYTHONPATH whose sitecustomize marks a process's MARKED_STEP-th training step (helpers.STEP_MARKER)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(STEP_MARKER)
+    return hooks

@@ -22,6 +22,29 @@ SMOKE = ["experiment=smoke"]
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "examples_per_s"}
 TIMING_KEYS = {"seconds", "examples_per_s"}
 
+MARKED_STEP = 7  # a process's 7th training step: epoch 2, step 2 of 5
+MARKER_LINE = f"test: training step {MARKED_STEP}"
+
+STEP_MARKER = f'''
+# sitecustomize for the test, loaded by every Python process: at its {MARKED_STEP}th training step a process prints
+# "{MARKER_LINE}", and from then on each step takes 0.3 s longer, so that a signal sent on reading the line lands
+# mid-epoch however fast the machine is
+import time
+import torch
+original = torch.nn.CrossEntropyLoss.forward
+steps = 0
+def forward(self, logits, target):
+    global steps
+    if torch.is_grad_enabled():
+        steps += 1
+        if steps == {MARKED_STEP}:
+            print("{MARKER_LINE}", flush=True)
+        if steps >= {MARKED_STEP}:
+            time.sleep(0.3)
+    return original(self, logits, target)
+torch.nn.CrossEntropyLoss.forward = forward
+'''
+
 
 def compose_train(*overrides: str):
     register_schemas()

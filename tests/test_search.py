@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SMOKE, read_metrics, refusal, run_augrun, snapshot, without_timing
-from test_signals import MARKER_LINE, Augrun, marker_hooks  # noqa: F401 (a fixture)
+from helpers import MARKER_LINE, SMOKE, read_metrics, refusal, run_augrun, snapshot, without_timing
+from test_signals import Augrun
 
 from augrun import rundir
 from augrun.cli import main

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SMOKE, read_metrics, run_augrun, without_timing
+from helpers import MARKER_LINE, SMOKE, read_metrics, run_augrun, without_timing
 
 from augrun import compare, signals
 from augrun.run import checkpoint
@@ -34,30 +34,6 @@ DDP = ["trainer.nprocs=2", "trainer.workers=0"]
 DDP_WITH_WORKERS = ["trainer.nprocs=2", "trainer.workers=2"]
 # Slurm sends SIGKILL this long after SIGTERM (KillWait's default): a stop must be over well within it
 SLURM_KILL_WAIT_S = 30
-MARKED_STEP = 7  # a process's 7th training step: epoch 2, step 2 of 5
-MARKER_LINE = f"test: training step {MARKED_STEP}"
-
-STEP_MARKER = f'''
-# sitecustomize for the test, loaded by every Python process: at its {MARKED_STEP}th training step a process prints
-# "{MARKER_LINE}", and from then on each step takes 0.3 s longer, so that a signal sent on reading the line lands
-# mid-epoch however fast the machine is
-import time
-import torch
-original = torch.nn.CrossEntropyLoss.forward
-steps = 0
-def forward(self, logits, target):
-    global steps
-    if torch.is_grad_enabled():
-        steps += 1
-        if steps == {MARKED_STEP}:
-            print("{MARKER_LINE}", flush=True)
-        if steps >= {MARKED_STEP}:
-            time.sleep(0.3)
-    return original(self, logits, target)
-torch.nn.CrossEntropyLoss.forward = forward
-'''
-
-
 class Augrun:
     """`python -m augrun ...` in a session of its own (its own process group), as a shell job or a Slurm step runs;
     stdout and stderr are read as they come, so that the test can wait for a line."""
@@ -86,14 +62,6 @@ class Augrun:
         for reader in self.readers:
             reader.join(timeout)
         return status, "".join(self.stdout), "".join(self.stderr)
-
-
-@pytest.fixture
-def marker_hooks(tmp_path: Path) -> Path:
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(STEP_MARKER)
-    return hooks
 
 
 def stopped_mid_epoch(workdir: Path, *args: str, signum: int, hooks: Path, to_group: bool = True):
