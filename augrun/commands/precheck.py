@@ -26,6 +26,7 @@ from augrun.errors import UserError, printable
 from augrun.run import launchers
 
 if TYPE_CHECKING:
+    from augrun.report.mlflow_tracking import SweepTracking
     from augrun.run.trainer import Prepared
 
 
@@ -55,6 +56,7 @@ class CheckedCommand:
     hydra_argv: list[str]   # with the claimed directory pinned in it
     claimed: Path           # the run's directory, or the sweep's root
     jobs: list[Job]
+    sweep_tracking: SweepTracking | None = None  # a sweep's parent run in MLflow (logger=mlflow)
 
 
 @dataclass
@@ -88,9 +90,25 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
     loaded: dict = {}  # the datasets this command loaded, by their arguments: a sweep's jobs share one copy
     for job in jobs:
         prepare_job(job, visible_gpus=visible_gpus(), loaded=loaded, rehearse=True, warn=job.notes.append)
+    store = _open_tracking_store(jobs)  # last before the claim: it creates the store's database once, for every job
     claimed = rundir.claim(target.path, target.key, kind=target.kind, resume=resume, may_rename=target.from_clock)
+    sweep_tracking = None
+    if store is not None and command.multirun:
+        from augrun.report import mlflow_tracking
+        sweep_tracking = mlflow_tracking.start_sweep(claimed, *store, overrides=command.overrides)
     extra = [f"{target.key}={quote_override_value(str(claimed))}", *_plugin_overrides(configs[0], command)]
-    return CheckedCommand(command.hydra_argv(extra), claimed, jobs)
+    return CheckedCommand(command.hydra_argv(extra), claimed, jobs, sweep_tracking)
+
+
+def _open_tracking_store(jobs: list[Job]) -> tuple[str, str] | None:
+    """The MLflow store and experiment of the command's jobs that log to MLflow (a sweep's jobs all log to the first
+    one's, where their parent run is), created when missing; None when no job does."""
+    tracked = [job.composed.logger for job in jobs if job.composed.logger.mlflow]
+    if not tracked:
+        return None
+    from augrun.report import mlflow_tracking
+    uri = mlflow_tracking.resolve_uri(tracked[0].tracking_uri)
+    return uri, mlflow_tracking.open_store(uri, tracked[0].experiment_name)
 
 
 # Hydra's submitit plugin's Slurm launcher runs as augrun's subclass of it (augrun.run.slurm_launcher: checkpoint before

@@ -53,7 +53,7 @@ class TrainOutcome:
 
 def execute(command: CommandLine) -> TrainOutcome:
     """Check every job, then run them with Hydra. A signal that stops the run carries its directory (Stopped.target)."""
-    claimed = None
+    claimed = sweep_tracking = None
     member = launchers.group_member()
     if command.prints_only:
         hydra_argv = command.hydra_argv()
@@ -61,15 +61,19 @@ def execute(command: CommandLine) -> TrainOutcome:
         hydra_argv = _joining_rank_argv(command)  # rank 0 checks and writes; the others only join
     else:
         checked = precheck.precheck_train(command, visible_gpus=_visible_gpus)
-        hydra_argv, claimed = checked.hydra_argv, checked.claimed
+        hydra_argv, claimed, sweep_tracking = checked.hydra_argv, checked.claimed, checked.sweep_tracking
         _PLANNED.update({job.number: job for job in checked.jobs})
     if any(arg.endswith((precheck.AUGRUN_SLURM_LAUNCHER, precheck.AUGRUN_OPTUNA_SWEEPER)) for arg in hydra_argv):
         _register_augrun_plugins()
     passed_on: list[int] = []  # the parallel workers a signal was passed on to
+    ended = "failed"  # how the sweep ended, for its parent run in MLflow
     try:
         with _signals_reach_parallel_jobs(passed_on):
             run_hydra(train_task, "train", hydra_argv)
+        if passed_on:  # a parallel sweep whose jobs stopped on the signal (their notes said how to resume)
+            raise signals.Stopped(signals.SignalFlag.installed().signum, None)
     except signals.Stopped as stop:
+        ended = "stopped"
         stop.target = claimed  # for the caller's note on how to resume
         if stop.signum == signals.TIME_LIMIT_SIGNAL:
             _requeue_at_time_limit(stop)
@@ -78,12 +82,33 @@ def execute(command: CommandLine) -> TrainOutcome:
         raise
     except Exception as error:  # escaped Hydra itself: its own writes (a full disk), a launcher plugin's failure
         raise JobFailed(_describe_hydra_failure(error), 1) from None
+    else:
+        failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
+        ended = "failed" if failed else "completed"
     finally:
         _PLANNED.clear()
-    if passed_on:  # a parallel sweep whose jobs stopped on the signal (their notes said how to resume)
-        raise signals.Stopped(signals.SignalFlag.installed().signum, None, target=claimed)
-    failed = _failed_jobs(claimed) if claimed is not None and command.multirun else []
+        if sweep_tracking is not None:
+            _finish_sweep_tracking(sweep_tracking, claimed, ended)
     return TrainOutcome(claimed, command.multirun, failed)
+
+
+def _finish_sweep_tracking(sweep_tracking, root: Path, ended: str) -> None:
+    """The sweep's parent run in MLflow ends with its comparison (written at the root by the sweep's callback), each
+    group's mean and std of the compared numbers and its difference to aug=none, and how the sweep ended."""
+    from augrun.compare import build_report, find_runs, load_run
+    from augrun.report import mlflow_tracking
+    try:
+        groups = build_report([load_run(path) for path in find_runs([root])]).groups
+    except UserError:  # no job wrote anything
+        groups = []
+    metrics = {}
+    for group in groups:
+        numbers = {f"{name}_{part}": value for name, stat in group.stats.items()
+                   for part, value in (("mean", stat.mean), ("std", stat.std))}
+        numbers["test_acc_delta_vs_none"] = group.delta_vs_none
+        label = mlflow_tracking.metric_key(group.label)
+        metrics.update({f"{label}/{name}": value for name, value in numbers.items() if value is not None})
+    mlflow_tracking.finish_sweep(sweep_tracking, root, ended, metrics)
 
 
 @contextlib.contextmanager

@@ -86,6 +86,16 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """The trackers a run logs to beside its own files, picked by `logger=` (conf/logger/), several as a list."""
+    tensorboard: bool = False       # TensorBoard event files in the run directory
+    mlflow: bool = False            # an MLflow tracking store (augrun.report.mlflow_tracking)
+    # MLflow's store: $MLFLOW_TRACKING_URI wins, then this, then sqlite:///<the launch directory>/outputs/mlflow.db
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "augrun"
+
+
+@dataclass
 class TrainConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -95,7 +105,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
     resume: bool = False
-    logger: str = "none"
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register_schemas() -> None:
@@ -109,7 +119,6 @@ CHOICES = {
     "trainer.precision": ("auto", "fp32", "bf16"),
     "trainer.loss_reduction": ("mean", "sum"),
     "trainer.tta": ("none", "flip"),
-    "logger": ("none", "tensorboard"),
 }
 
 

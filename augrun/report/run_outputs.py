@@ -10,6 +10,7 @@ from augrun import environment as env
 from augrun import rundir, signals
 from augrun.report.console import RunConsole
 from augrun.report.metrics_files import MetricsFiles
+from augrun.report.mlflow_tracking import MlflowTracker
 from augrun.report.trackers import TensorBoardLog
 
 # A CPU run projected to take longer than this is told so once, with faster settings (the default ResNet-18 on
@@ -51,21 +52,34 @@ def cpu_time_note(images_per_s: float, images_left: float, *, threshold_s: float
 
 class RunOutputs:
     def __init__(self, run_dir: Path, *, epochs: int, devices: list[str], tensorboard: bool,
-                 environment: dict[str, Any] | None = None, cpu_images_per_epoch: int | None = None):
+                 mlflow: MlflowTracker | None = None, environment: dict[str, Any] | None = None,
+                 cpu_images_per_epoch: int | None = None):
         """`cpu_images_per_epoch`: set on a CPU run, whose first progress update then projects its duration."""
         self.run_dir, self.epochs, self.devices, self.environment = run_dir, epochs, devices, environment
         self.console = RunConsole()
         self.files = MetricsFiles(run_dir)
         self.tensorboard = TensorBoardLog(run_dir) if tensorboard else None
+        self.mlflow = mlflow
         self.cpu_images_per_epoch = cpu_images_per_epoch
         self.epoch, self.steps = 1, 1
 
     def note(self, message: str) -> None:
         self.console.note(message)
 
-    def resumed(self, records: list[dict[str, Any]], epoch: int, step: int) -> None:
+    def started(self) -> None:
+        if self.mlflow is not None:
+            self.mlflow.start(None, [])
+
+    def resumed(self, records: list[dict[str, Any]], epoch: int, step: int, tracking: dict[str, Any] | None) -> None:
+        """`tracking`: what the checkpoint kept of the trackers (the MLflow run to go on in)."""
         self.files.rewrite(records)  # epochs logged after this checkpoint (a kill before the next one) are redone
         self.console.note(f"resuming {self.run_dir} at epoch {epoch}, step {step}")
+        if self.mlflow is not None:
+            self.mlflow.start(tracking, records)
+
+    def tracking_state(self) -> dict[str, Any]:
+        """What the checkpoint keeps of the trackers."""
+        return self.mlflow.state() if self.mlflow is not None else {}
 
     def epoch_started(self, epoch: int, steps: int, done: int) -> None:
         self.epoch, self.steps = epoch, steps
@@ -90,6 +104,8 @@ class RunOutputs:
         self.console.epoch_row(record)
         if self.tensorboard is not None:
             self.tensorboard.log(record)
+        if self.mlflow is not None:
+            self.mlflow.log_epoch(record)
         from augrun.report.curves import plot_curves  # matplotlib: imported by the rank that draws
         plot_curves(records, self.run_dir / rundir.CURVES, epochs=self.epochs)
 
@@ -97,6 +113,8 @@ class RunOutputs:
         self.files.write_summary(summary("stopped", records, self.epochs, None, self.devices, total_seconds,
                                          environment=self.environment))
         self.console.note(f"stopped by signal {signum} {where}; checkpoint saved. {signals.resume_hint(self.run_dir)}")
+        if self.mlflow is not None:
+            self.mlflow.end("stopped")
 
     def completed(self, records: list[dict[str, Any]], total_seconds: float) -> None:
         examples = sum(r["examples_per_s"] * r["seconds"] for r in records)
@@ -104,6 +122,13 @@ class RunOutputs:
         self.console.final_lines(records[-1], examples_per_s, self.devices)
         self.files.write_summary(summary("completed", records, self.epochs, examples_per_s, self.devices,
                                          total_seconds, environment=self.environment))
+        if self.mlflow is not None:
+            self.mlflow.end("completed")
+
+    def failed(self, message: str) -> None:
+        """The run failed while training (its summary.json is written by the process that launched it)."""
+        if self.mlflow is not None:
+            self.mlflow.end("failed", message)
 
 
 def _nothing(self, *args: Any, **kwargs: Any) -> None:
@@ -116,4 +141,7 @@ class NoOutputs(RunOutputs):
     def __init__(self):
         pass
 
-    note = resumed = epoch_started = step_progress = epoch_finished = stopped = completed = _nothing
+    note = started = resumed = epoch_started = step_progress = epoch_finished = stopped = completed = failed = _nothing
+
+    def tracking_state(self) -> dict[str, Any]:
+        return {}

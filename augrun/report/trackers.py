@@ -1,11 +1,12 @@
-"""Trackers a run logs to beside its own files (`logger=`): TensorBoard's event files. Each is optional: its package is
-an extra, checked before any work."""
+"""Trackers a run logs to beside its own files (`logger=`, several at once as a list): TensorBoard's event files, and
+MLflow (augrun.report.mlflow_tracking). Each is optional: its package is an extra, checked before any work."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 from typing import Any
 
+from augrun.config.schema import LoggerConfig
 from augrun.errors import ConfigError
 from augrun.report.metrics_files import metric_fields
 
@@ -24,11 +25,17 @@ class TensorBoardLog:
         self.writer.flush()
 
 
-def check_logger(logger: str) -> None:
-    """Fail before any work when the chosen logger's package is missing, or installed but broken (it is imported
-    here, as the run would import it once its directory exists)."""
-    if logger != "tensorboard":
-        return
+def check_logger(logger: LoggerConfig) -> None:
+    """Fail before any work when a chosen tracker's package is missing, or installed but broken (it is imported here,
+    as the run would import it once its directory exists), or its store cannot be used."""
+    if logger.tensorboard:
+        _check_tensorboard()
+    if logger.mlflow:
+        from augrun.report import mlflow_tracking
+        mlflow_tracking.check_store(mlflow_tracking.resolve_uri(logger.tracking_uri))
+
+
+def _check_tensorboard() -> None:
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger", "tensorboard is not installed; valid: pip install 'augrun[tensorboard]', "
                           "or logger=none")

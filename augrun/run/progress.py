@@ -37,6 +37,7 @@ class Checkpointer:
 
     def __init__(self, path: Path, run: BuiltRun, *, config: dict[str, Any], is_main: bool):
         self.path, self.run, self.config, self.is_main = path, run, config, is_main
+        self.tracking: dict[str, Any] = {}  # the trackers' ids (the MLflow run), for a resume to go on in them
 
     def save(self, progress: Progress) -> None:
         sums = distributed.all_reduce_sum(progress.state.sums)
@@ -48,7 +49,7 @@ class Checkpointer:
             "seconds": progress.state.seconds, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
             "records": progress.records, "total_seconds": progress.total_seconds, "config": self.config,
-            "rng": checkpoint.rng_states()}, self.path)
+            "rng": checkpoint.rng_states(), "tracking": self.tracking}, self.path)
 
     def restore(self, state: dict[str, Any], device: torch.device) -> Progress:
         """The run as `state` (a loaded checkpoint, the same on every rank) left it. The saved sums are the ranks'

@@ -19,10 +19,11 @@ from augrun.augment.ops import OpSpec, parse_batch_pipeline, parse_train_pipelin
 from augrun.config.schema import TrainConfig
 from augrun.data.datasets import DATASETS, DataSplits, choose_storage, load_dataset
 from augrun.data.photos import split_for_device
-from augrun.errors import ConfigError
+from augrun.errors import ConfigError, first_line
 from augrun.models.networks import MODELS
 from augrun.models.optim import OPTIMIZERS, SCHEDULES
 from augrun.report.drawing import write_run_preview
+from augrun.report.mlflow_tracking import MlflowTracker
 from augrun.report.run_outputs import NoOutputs, RunOutputs
 from augrun.report.trackers import check_logger
 from augrun.run import checkpoint, distributed, dryrun, launchers
@@ -172,27 +173,33 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
     resume_state = distributed.broadcast_object(p.resume_state)
     if resume_state is not None:
         progress = checkpointer.restore(resume_state, device)
-        outputs.resumed(progress.records, progress.epoch, progress.state.next_step)
+        outputs.resumed(progress.records, progress.epoch, progress.state.next_step, resume_state.get("tracking"))
     else:
         progress = Progress.fresh(device)
         if rank == 0:  # the book's 2x4 `apply` grid of this run's train pipeline, from its own seed
             write_run_preview(p.data.train.images[0], p.train_ops, p.backend, p.run_dir / rundir.PREVIEW, seed=cfg.seed)
+        outputs.started()
+    checkpointer.tracking = outputs.tracking_state()
 
     def stop(where: str) -> None:
         outputs.stopped(flag.signum, where, progress.records, progress.total_seconds)
         raise StopRun(flag.signum)
 
-    while progress.epoch <= t.epochs:
-        epoch = progress.epoch
-        record = _run_epoch(run, progress, cfg, outputs, stops, world=world, device=device, every=progress_every)
-        if record is None:  # stopped by a signal part-way: the epoch continues from this step on resume
+    try:
+        while progress.epoch <= t.epochs:
+            epoch = progress.epoch
+            record = _run_epoch(run, progress, cfg, outputs, stops, world=world, device=device, every=progress_every)
+            if record is None:  # stopped by a signal part-way: the epoch continues from this step on resume
+                checkpointer.save(progress)
+                stop(f"at epoch {epoch}, step {progress.state.next_step}")
+            progress.finish_epoch(record, device)
             checkpointer.save(progress)
-            stop(f"at epoch {epoch}, step {progress.state.next_step}")
-        progress.finish_epoch(record, device)
-        checkpointer.save(progress)
-        outputs.epoch_finished(progress.records)
-        if epoch < t.epochs and stops.now():  # a signal during evaluation
-            stop(f"after epoch {epoch}")
+            outputs.epoch_finished(progress.records)
+            if epoch < t.epochs and stops.now():  # a signal during evaluation
+                stop(f"after epoch {epoch}")
+    except Exception as error:  # the trackers hear of it; the launching process says it and writes the summary
+        outputs.failed(f"{type(error).__name__}: {first_line(error)}")
+        raise
     outputs.completed(progress.records, progress.total_seconds)
 
 
@@ -202,8 +209,39 @@ def _main_outputs(p: Prepared, device: torch.device) -> RunOutputs:
     where = environment.gather(device_kind=device.type, gpu_indices=p.placement.gpu_indices,
                                threads=torch.get_num_threads(), command=p.command)
     return RunOutputs(p.run_dir, epochs=p.cfg.trainer.epochs, devices=p.placement.device_names(),
-                      tensorboard=p.cfg.logger == "tensorboard", environment=where,
+                      tensorboard=p.cfg.logger.tensorboard, mlflow=_mlflow_tracker(p, where) if p.cfg.logger.mlflow
+                      else None, environment=where,
                       cpu_images_per_epoch=len(p.data.train) if device.type == "cpu" else None)
+
+
+def _mlflow_tracker(p: Prepared, where: dict[str, Any]) -> MlflowTracker:
+    """The run in MLflow: its whole resolved config as params, and tags to filter runs by."""
+    cfg = p.cfg
+    choices = _hydra_choices(p.run_dir)
+    tags = {"augrun.aug": choices.get("aug") or "custom", "augrun.dataset": cfg.dataset.name,
+            "augrun.model": cfg.model.name, "augrun.seed": str(cfg.seed), "augrun.version": str(where.get("augrun")),
+            "augrun.git_commit": str(where.get("git_commit")), "augrun.run_dir": str(p.run_dir.absolute()),
+            "augrun.overrides": " ".join(_recorded_overrides(p.run_dir))}
+    return MlflowTracker(p.run_dir, configured_uri=cfg.logger.tracking_uri, experiment_name=cfg.logger.experiment_name,
+                         config=dataclasses.asdict(cfg), tags=tags)
+
+
+def _hydra_choices(run_dir: Path) -> dict[str, Any]:
+    """The config group options Hydra composed the run from (aug=flip_only, ...), as it recorded them."""
+    import yaml
+    try:
+        return yaml.safe_load((run_dir / rundir.CONFIG_DIR / rundir.HYDRA_CONFIG).read_text())["hydra"]["runtime"][
+            "choices"] or {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+
+
+def _recorded_overrides(run_dir: Path) -> list[str]:
+    import yaml
+    try:
+        return [str(o) for o in yaml.safe_load((run_dir / rundir.CONFIG_DIR / rundir.OVERRIDES).read_text()) or []]
+    except (OSError, yaml.YAMLError, TypeError):
+        return []
 
 
 def _set_up_process(device: torch.device, world: int, *, workers_per_rank: int, requested: int | None) -> None:

@@ -1,0 +1,326 @@
+"""MLflow tracking (`logger=mlflow`): each run as an MLflow run beside its own files, a sweep as a parent run with one
+child per job. MLflow's autologging knows no plain torch loop, so what goes in is explicit:
+
+- a run: the resolved config as params (flattened; a value over MLflow's length limit is cut with a marker, never
+  dropped), tags (the augmentation pipeline, dataset, model, seed, the overrides as typed, augrun's version, the git
+  commit), the per-epoch numbers of metrics.jsonl with step = epoch (rank 0 only), the run's files as artifacts at its
+  end, and its status: FINISHED, FAILED, or KILLED for a stopped run. Its id is kept in the checkpoint, so a resumed
+  run (resume=true, a requeued Slurm job) goes on in the same MLflow run, logging only epochs it does not hold yet;
+- a sweep: a parent run created before any job starts (its id in the sweep root's MLFLOW_FILE, which every job reads,
+  whichever process runs it), ended with the comparison's files and each group's mean and std.
+
+The store: $MLFLOW_TRACKING_URI wins, as MLflow's users expect, then `logger.tracking_uri`, then a SQLite database in
+the launch directory's outputs/ (absolute, so every job of a sweep writes to one store); with SQLite, artifacts go
+beside the database. The pre-check checks the store without creating anything, then creates the database and the
+experiment once, before any job starts (parallel jobs would race on SQLite's schema creation). A store that fails
+mid-run is said once, and the run goes on with its own files complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from augrun import rundir
+from augrun.errors import ConfigError, first_line
+from augrun.files import write_text_atomic
+
+KEY = "logger.tracking_uri"
+DEFAULT_DB = Path("outputs") / "mlflow.db"
+MLFLOW_FILE = ".augrun-mlflow.json"  # in a sweep root: the store, experiment and parent run of its jobs
+ARTIFACTS = (rundir.CURVES, rundir.PREVIEW, rundir.SUMMARY, rundir.METRICS_CSV)
+SWEEP_ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png", "search.png")
+REACH_TIMEOUT_S = 5.0
+TRUNCATED = "...[truncated]"
+STATUS = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
+
+
+def resolve_uri(configured: str | None, *, launch_dir: Path | None = None) -> str:
+    """The tracking store's URI. A relative SQLite or file path is made absolute (every job, whatever its process's
+    directory, must find the same store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    base = launch_dir or Path.cwd()
+    if not uri:
+        return f"sqlite:///{(base / DEFAULT_DB).absolute()}"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return uri if path.startswith("/") or path == ":memory:" else f"sqlite:///{(base / path).absolute()}"
+    if "://" not in uri:  # a folder: MLflow's file store
+        return str((base / uri).absolute())
+    return uri
+
+
+def check_store(uri: str) -> None:
+    """The store can be used, found without creating anything: a SQLite database that is one (or can be made), a
+    folder that can be written, a server that answers. Anything else MLflow knows is tried when the store opens."""
+    _check_installed()
+    if uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri[len("sqlite:///"):]))
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif "://" not in uri or uri.startswith("file://"):
+        rundir.check_writable(Path(uri.removeprefix("file://")), KEY)
+
+
+def _check_installed() -> None:
+    import importlib.util
+    if importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("logger", "mlflow is not installed; valid: pip install 'augrun[mlflow]', or logger=none")
+
+
+def _check_sqlite(path: Path) -> None:
+    import sqlite3
+    if path.is_dir():
+        raise ConfigError(KEY, f"sqlite:///{path} is a directory, not a database file; valid: a .db file path")
+    if not path.exists():
+        rundir.check_writable(path, KEY)
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.Error as error:
+        raise ConfigError(KEY, f"sqlite:///{path} cannot be read as a database ({error}); valid: an MLflow SQLite "
+                          "database, or a path where one can be created") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(KEY, f"sqlite:///{path} is not writable; valid: a database this user can write")
+
+
+def _check_server(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACH_TIMEOUT_S) as answer:
+            if answer.status != 200:
+                raise OSError(f"HTTP {answer.status}")
+    except (OSError, urllib.error.URLError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise ConfigError(KEY, f"cannot reach the MLflow server at {uri} ({reason}); valid: the URI of a running "
+                          "`mlflow server`, a sqlite:/// database path, or unset for outputs/mlflow.db") from None
+
+
+def _client(uri: str):
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def _quiet_mlflow() -> None:
+    """MLflow and its database migrations log INFO lines ("Creating initial MLflow database tables...") that say
+    nothing a user acts on."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def open_store(uri: str, experiment_name: str) -> str:
+    """Create the store (a SQLite database's tables) and the experiment when missing; the experiment's id."""
+    from mlflow.exceptions import MlflowException
+    try:
+        client = _client(uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            try:
+                return client.create_experiment(experiment_name, artifact_location=_artifact_root(uri))
+            except MlflowException:  # created meanwhile by another command
+                experiment = client.get_experiment_by_name(experiment_name)
+                if experiment is None:
+                    raise
+    except MlflowException as error:
+        raise ConfigError(KEY, f"{uri}: {first_line(error)}; valid: a store MLflow can open") from None
+    if experiment.lifecycle_stage != "active":
+        raise ConfigError("logger.experiment_name", f"the experiment {experiment_name!r} is deleted in {uri}; valid: "
+                          "another name, or `mlflow experiments restore` it")
+    return experiment.experiment_id
+
+
+def _artifact_root(uri: str) -> str | None:
+    """With SQLite, the runs' files beside the database; a server keeps them where it was told to."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts")
+    return None
+
+
+@dataclass
+class SweepTracking:
+    """A sweep's place in MLflow, as its root's MLFLOW_FILE records it."""
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def start_sweep(root: Path, uri: str, experiment_id: str, *, overrides: list[str]) -> SweepTracking:
+    """The sweep's parent run: created, or when the sweep resumes in the same store, the one it had, running again."""
+    client = _client(uri)
+    recorded = read_sweep(root)
+    if recorded is not None and recorded.uri == uri and _exists(client, recorded.parent_run_id):
+        client.update_run(recorded.parent_run_id, status="RUNNING")
+        return recorded
+    run = client.create_run(experiment_id, run_name=root.name, tags={
+        "augrun.sweep_dir": str(root.absolute()), "augrun.overrides": _cut(" ".join(overrides))})
+    sweep = SweepTracking(uri, experiment_id, run.info.run_id)
+    write_text_atomic(root / MLFLOW_FILE, json.dumps(sweep.__dict__, indent=2) + "\n")
+    return sweep
+
+
+def read_sweep(root: Path) -> SweepTracking | None:
+    try:
+        return SweepTracking(**json.loads((root / MLFLOW_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def finish_sweep(sweep: SweepTracking, root: Path, status: str, group_metrics: dict[str, float]) -> None:
+    """The parent run's end: the comparison's files, each group's numbers, and the sweep's status. Said in one line
+    when the store fails: the sweep's own files are written already."""
+    try:
+        client = _client(sweep.uri)
+        metrics = [_metric(key, value, step=0) for key, value in group_metrics.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch takes at most 1000 metrics
+            client.log_batch(sweep.parent_run_id, metrics=metrics[start:start + 1000])
+        for name in SWEEP_ARTIFACTS:
+            if (root / name).is_file():
+                client.log_artifact(sweep.parent_run_id, str(root / name))
+        client.set_terminated(sweep.parent_run_id, status=STATUS[status])
+    except Exception as error:  # noqa: BLE001 - a tracker's failure must not turn the sweep's end into a traceback
+        _say_failed(error)
+
+
+def metric_key(text: str) -> str:
+    """A name MLflow accepts as a metric key: letters, digits and _-./ and spaces; anything else becomes _."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in text)[:250]
+
+
+def _metric(key: str, value: float, *, step: int):
+    from mlflow.entities import Metric
+    return Metric(key, float(value), int(time.time() * 1000), step)
+
+
+def _exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def _cut(value: str, limit: int | None = None) -> str:
+    """A value within MLflow's length limit, cut with a marker rather than refused or dropped."""
+    if limit is None:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+        limit = MAX_PARAM_VAL_LENGTH
+    return value if len(value) <= limit else value[:limit - len(TRUNCATED)] + TRUNCATED
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config as dotted keys (the spelling of an override) and text values."""
+    flat = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return flat
+
+
+_failure_said = False
+
+
+def _say_failed(error: BaseException) -> None:
+    """Once per process: the store failed; what augrun writes itself is not affected."""
+    global _failure_said
+    if not _failure_said:
+        _failure_said = True
+        print(f"augrun: warning: MLflow tracking stopped ({type(error).__name__}: {first_line(error)}); the run goes "
+              "on, and its own files in the run directory are complete", file=sys.stderr)
+
+
+class MlflowTracker:
+    """One run in MLflow, fed by RunOutputs on rank 0. Every call is guarded: the first failure is said once and the
+    tracker goes quiet, training goes on."""
+
+    def __init__(self, run_dir: Path, *, configured_uri: str | None, experiment_name: str, config: dict[str, Any],
+                 tags: dict[str, str]):
+        self.run_dir, self.config, self.tags = run_dir, config, tags
+        sweep = _sweep_of(run_dir)
+        self.sweep = sweep
+        self.uri = sweep.uri if sweep else resolve_uri(configured_uri)
+        self.experiment_name = experiment_name
+        self.run_id: str | None = None
+        self.client = None
+
+    def _guarded(self, action, *args) -> None:
+        if self.client is None and self.run_id is not None:  # gone quiet after a failure
+            return
+        try:
+            action(*args)
+        except Exception as error:  # noqa: BLE001 - whatever the store raises, the run goes on
+            _say_failed(error)
+            self.client, self.run_id = None, self.run_id or ""
+
+    def start(self, tracking: dict[str, Any] | None, records: list[dict[str, Any]]) -> None:
+        self._guarded(self._start, tracking or {}, records)
+
+    def _start(self, tracking: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        self.client = _client(self.uri)
+        previous = tracking.get("mlflow_run_id")
+        if previous and _exists(self.client, previous):
+            self.run_id = previous
+            self.client.update_run(previous, status="RUNNING")
+            logged = self.client.get_metric_history(previous, "train_loss")
+            last = max((m.step for m in logged), default=0)
+            for record in records:  # epochs the checkpoint holds that never reached MLflow (a kill in between)
+                if record["epoch"] > last:
+                    self._log_epoch(record)
+            return
+        experiment_id = self.sweep.experiment_id if self.sweep else open_store(self.uri, self.experiment_name)
+        tags = dict(self.tags)
+        if self.sweep is not None:
+            tags["mlflow.parentRunId"] = self.sweep.parent_run_id
+        run = self.client.create_run(experiment_id, run_name=tags.get("augrun.overrides") or self.run_dir.name,
+                                     tags={k: _cut(v) for k, v in tags.items()})
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+        params = [Param(key[:250], _cut(value)) for key, value in flatten(self.config).items()]
+        for start in range(0, len(params), 100):  # MLflow's log_batch takes at most 100 params
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+        for record in records:
+            self._log_epoch(record)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        if self.client is not None:
+            self._guarded(self._log_epoch, record)
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        step = record["epoch"]
+        metrics = [_metric(key, value, step=step) for key, value in record.items()
+                   if key not in ("epoch", "seconds") and isinstance(value, (int, float))]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def end(self, status: str, error: str | None = None) -> None:
+        if self.client is not None:
+            self._guarded(self._end, status, error)
+
+    def _end(self, status: str, error: str | None) -> None:
+        for name in ARTIFACTS:
+            if (self.run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+        if error:
+            self.client.set_tag(self.run_id, "augrun.error", _cut(error))
+        self.client.set_terminated(self.run_id, status=STATUS[status])
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint keeps, so that a resumed run goes on in the same MLflow run."""
+        return {"mlflow_run_id": self.run_id} if self.run_id else {}
+
+
+def _sweep_of(run_dir: Path) -> SweepTracking | None:
+    """The sweep a job belongs to: the nearest sweep root above its directory, with its MLFLOW_FILE."""
+    for folder in Path(os.path.abspath(run_dir)).parents:
+        if rundir.is_sweep_root(folder):
+            return read_sweep(folder)
+    return None
