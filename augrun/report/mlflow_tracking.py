@@ -42,6 +42,12 @@ TRUNCATED = "...[truncated]"
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 
 
+# the stores MLflow's tracking client opens, by URI scheme (a bare "databricks" names a workspace profile)
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc", "file")
+VALID = "valid: sqlite:///<path>.db, the http(s):// URI of an `mlflow server`, another database URI MLflow opens, " \
+        "or unset for outputs/mlflow.db"
+
+
 def resolve_uri(configured: str | None, *, launch_dir: Path | None = None) -> str:
     """The tracking store's URI. A relative SQLite or file path is made absolute (every job, whatever its process's
     directory, must find the same store)."""
@@ -52,21 +58,27 @@ def resolve_uri(configured: str | None, *, launch_dir: Path | None = None) -> st
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
         return uri if path.startswith("/") or path == ":memory:" else f"sqlite:///{(base / path).absolute()}"
-    if "://" not in uri:  # a folder: MLflow's file store
+    if "://" not in uri and uri.split(":")[0] not in SCHEMES:  # a folder: MLflow's file store
         return str((base / uri).absolute())
     return uri
 
 
-def check_store(uri: str) -> None:
+def check_store(uri: str, experiment_name: str) -> None:
     """The store can be used, found without creating anything: a SQLite database that is one (or can be made), a
-    folder that can be written, a server that answers. Anything else MLflow knows is tried when the store opens."""
+    server that answers, a scheme MLflow knows. The rest is tried when the store opens (open_store)."""
     _check_installed()
+    if not experiment_name.strip():
+        raise ConfigError("logger.experiment_name", "is empty; valid: a name, e.g. augrun (the default)")
+    scheme = uri.split("://")[0] if "://" in uri else uri.split(":")[0] if uri.split(":")[0] in SCHEMES else ""
+    if scheme.split("+")[0] not in SCHEMES and scheme:  # postgresql+psycopg2: a driver after the scheme
+        raise ConfigError(KEY, f"{uri}: MLflow knows no {scheme}:// store; {VALID}")
     if uri.startswith("sqlite:///"):
         _check_sqlite(Path(uri[len("sqlite:///"):]))
-    elif uri.startswith(("http://", "https://")):
+    elif scheme in ("http", "https"):
         _check_server(uri)
-    elif "://" not in uri or uri.startswith("file://"):
-        rundir.check_writable(Path(uri.removeprefix("file://")), KEY)
+    elif scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise ConfigError(KEY, f"{uri} is a folder, MLflow's file store, which MLflow 3 no longer opens; {VALID} "
+                          "(or MLFLOW_ALLOW_FILE_STORE=true for the file store)")
 
 
 def _check_installed() -> None:
@@ -122,19 +134,27 @@ def open_store(uri: str, experiment_name: str) -> str:
     try:
         client = _client(uri)
         experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            try:
-                return client.create_experiment(experiment_name, artifact_location=_artifact_root(uri))
-            except MlflowException:  # created meanwhile by another command
-                experiment = client.get_experiment_by_name(experiment_name)
-                if experiment is None:
-                    raise
-    except MlflowException as error:
-        raise ConfigError(KEY, f"{uri}: {first_line(error)}; valid: a store MLflow can open") from None
+    except Exception as error:  # noqa: BLE001 - a store's failure (a missing database driver, say) is any type
+        raise ConfigError(KEY, f"{uri}: MLflow cannot open it ({_reason(error)}); {VALID}") from None
+    if experiment is None:
+        try:
+            return client.create_experiment(experiment_name, artifact_location=_artifact_root(uri))
+        except MlflowException as error:  # created meanwhile by another command, or a name the store refuses
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                raise ConfigError("logger.experiment_name", f"{experiment_name!r}: {_reason(error)}; valid: a "
+                                  "name the store accepts, e.g. augrun (the default)") from None
     if experiment.lifecycle_stage != "active":
         raise ConfigError("logger.experiment_name", f"the experiment {experiment_name!r} is deleted in {uri}; valid: "
                           "another name, or `mlflow experiments restore` it")
     return experiment.experiment_id
+
+
+def _reason(error: BaseException) -> str:
+    """MLflow's messages run to paragraphs on one line: their first sentence, at most 200 characters."""
+    text = first_line(error)
+    sentence = text.split(". ")[0]
+    return (sentence[:197] + "...") if len(sentence) > 200 else sentence
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -235,7 +255,7 @@ def _say_failed(error: BaseException) -> None:
     global _failure_said
     if not _failure_said:
         _failure_said = True
-        print(f"augrun: warning: MLflow tracking stopped ({type(error).__name__}: {first_line(error)}); the run goes "
+        print(f"augrun: warning: MLflow tracking stopped ({type(error).__name__}: {_reason(error)}); the run goes "
               "on, and its own files in the run directory are complete", file=sys.stderr)
 
 

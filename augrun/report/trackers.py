@@ -32,7 +32,7 @@ def check_logger(logger: LoggerConfig) -> None:
         _check_tensorboard()
     if logger.mlflow:
         from augrun.report import mlflow_tracking
-        mlflow_tracking.check_store(mlflow_tracking.resolve_uri(logger.tracking_uri))
+        mlflow_tracking.check_store(mlflow_tracking.resolve_uri(logger.tracking_uri), logger.experiment_name)
 
 
 def _check_tensorboard() -> None:

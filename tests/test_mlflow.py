@@ -1,0 +1,242 @@
+"""logger=mlflow against real MLflow: a real SQLite store in the test's directory, read back with MlflowClient, and a
+real `mlflow server` on 127.0.0.1 whose REST API finds the runs as its web UI does."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import MARKER_LINE, SMOKE, read_metrics, refusal, run_augrun
+from test_signals import Augrun
+
+from augrun import rundir
+from augrun.cli import main
+
+pytest.importorskip("mlflow", reason="MLflow is not installed (pip install 'augrun[mlflow]')")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+RUN = [*SMOKE, "trainer.workers=0", "logger=mlflow"]
+EPOCH_METRICS = ("train_loss", "train_acc", "test_acc", "lr", "examples_per_s")
+
+
+def store(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def runs_of(uri: str, experiment: str = "augrun") -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def steps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def artifacts(uri: str, run_id: str) -> list[str]:
+    return sorted(a.path for a in MlflowClient(uri).list_artifacts(run_id))
+
+
+def test_a_run_is_one_mlflow_run_with_its_config_metrics_tags_and_files(in_workdir: Path):
+    uri = store(in_workdir)
+    main(["train", *RUN, "trainer.epochs=2", "optim.lr=0.002", f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
+    (run,) = runs_of(uri)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["optim.lr"] == "0.002" and params["trainer.epochs"] == "2" and params["model.name"] == "small_cnn"
+    assert params["aug.train.RandomHorizontalFlip.p"] == "0.5"  # the whole resolved config, flattened
+    tags = run.data.tags
+    assert tags["augrun.aug"] == "flip_only" and tags["augrun.dataset"] == "synthetic" and tags["augrun.seed"] == "0"
+    assert tags["augrun.model"] == "small_cnn" and tags["augrun.version"] and "augrun.git_commit" in tags
+    assert "optim.lr=0.002" in tags["augrun.overrides"].split()
+    records = read_metrics(in_workdir / "run")
+    for key in EPOCH_METRICS:  # metrics.jsonl's numbers, at step = epoch
+        assert steps(uri, run.info.run_id, key) == [(r["epoch"], pytest.approx(r[key])) for r in records]
+    assert artifacts(uri, run.info.run_id) == sorted(["curves.png", "metrics.csv", "preview.png", "summary.json"])
+    state = torch.load(in_workdir / "run" / rundir.CHECKPOINT, weights_only=True)
+    assert state["tracking"] == {"mlflow_run_id": run.info.run_id}
+
+
+def test_the_store_defaults_to_outputs_and_mlflow_tracking_uri_wins(in_workdir: Path, monkeypatch):
+    main(["train", *RUN, "trainer.epochs=1", "hydra.run.dir=first"])
+    (run,) = runs_of(f"sqlite:///{in_workdir / 'outputs' / 'mlflow.db'}")
+    assert Path(MlflowClient(store(in_workdir / "outputs")).get_experiment(run.info.experiment_id)
+                .artifact_location) == in_workdir / "outputs" / "mlartifacts"  # artifacts beside the database
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store(in_workdir))
+    main(["train", *RUN, "trainer.epochs=1", f"logger.tracking_uri={store(in_workdir / 'elsewhere')}",
+          "hydra.run.dir=second"])
+    assert len(runs_of(store(in_workdir))) == 1 and not (in_workdir / "elsewhere").exists()
+
+
+def test_a_sweep_is_a_parent_run_with_a_child_per_job_and_the_comparison(in_workdir: Path):
+    uri = store(in_workdir)
+    main(["train", "-m", *RUN, "trainer.epochs=1", "aug=none,flip_only", "seed=0,1", f"logger.tracking_uri={uri}",
+          "hydra.sweep.dir=sweep"])
+    runs = runs_of(uri)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 5 and len(children) == 4
+    assert parent.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children)
+    assert sorted(r.data.tags["augrun.aug"] for r in children) == ["flip_only", "flip_only", "none", "none"]
+    assert artifacts(uri, parent.info.run_id) == ["comparison.csv", "comparison.md", "comparison.png"]
+    with open(in_workdir / "sweep" / "comparison.csv") as file:
+        rows = {row["group"]: row for row in csv.DictReader(file)}
+    for label in ("aug=none", "aug=flip_only"):  # each group's numbers, as the comparison has them
+        for column in ("test_acc_mean", "test_acc_std", "gap_mean"):
+            assert parent.data.metrics[f"{label.replace('=', '_')}/{column}"] == pytest.approx(
+                float(rows[label][column]), rel=1e-5)
+    assert parent.data.metrics["aug_flip_only/test_acc_delta_vs_none"] == pytest.approx(
+        float(rows["aug=flip_only"]["delta_vs_none"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_is_killed_and_its_resume_goes_on_in_the_same_runs(workdir: Path, marker_hooks: Path):
+    uri = store(workdir)
+    command = ["train", "-m", *RUN, "trainer.epochs=3", "seed=0", f"logger.tracking_uri={uri}", "hydra.sweep.dir=sweep"]
+    run = Augrun(workdir, *command, hooks=marker_hooks)
+    run.wait_until(lambda: any(MARKER_LINE in line for line in run.stdout), f"line {MARKER_LINE!r}")
+    os.killpg(run.process.pid, signal.SIGINT)  # at epoch 2, step 2
+    status, _, stderr = run.finish()
+    assert status == 130, stderr
+    stopped = {r.info.run_id: r for r in runs_of(uri)}
+    assert sorted(r.info.status for r in stopped.values()) == ["KILLED", "KILLED"]  # the job, and the sweep's parent
+    (job,) = [r for r in stopped.values() if "mlflow.parentRunId" in r.data.tags]
+    assert [step for step, _ in steps(uri, job.info.run_id, "train_loss")] == [1]
+
+    resumed = run_augrun(*command, "resume=true", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    finished = {r.info.run_id: r for r in runs_of(uri)}
+    assert finished.keys() == stopped.keys()  # the same two runs, not new ones
+    assert all(r.info.status == "FINISHED" for r in finished.values())
+    records = read_metrics(workdir / "sweep" / "0")
+    assert steps(uri, job.info.run_id, "test_acc") == [(r["epoch"], pytest.approx(r["test_acc"])) for r in records]
+
+
+@pytest.mark.slow
+def test_parallel_jobs_create_one_new_store_without_a_race(workdir: Path):
+    uri = store(workdir / "new")
+    result = run_augrun("train", "-m", *RUN, "trainer.epochs=1", "seed=0,1", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", f"logger.tracking_uri={uri}", "hydra.sweep.dir=sweep", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    assert sorted(r.info.status for r in runs_of(uri)) == ["FINISHED"] * 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """`mlflow server` on 127.0.0.1 and a free port, over a SQLite store, serving artifacts; stopped at the end."""
+    port = free_port()
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", store(folder), "--artifacts-destination", str(folder / "art"),
+                               "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {server.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+    yield url, server
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def search_rest(url: str, experiment_id: str) -> list[dict]:
+    """The runs as the web UI finds them: MLflow's REST API."""
+    request = urllib.request.Request(url + "/api/2.0/mlflow/runs/search", method="POST",
+                                     data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())["runs"]
+
+
+@pytest.mark.slow
+def test_a_sweep_logged_through_a_server_is_found_by_its_rest_api(in_workdir: Path, mlflow_server):
+    url, _ = mlflow_server
+    main(["train", "-m", *RUN, "trainer.epochs=1", "seed=0,1", f"logger.tracking_uri={url}", "hydra.sweep.dir=sweep"])
+    experiment = MlflowClient(url).get_experiment_by_name("augrun")
+    found = search_rest(url, experiment.experiment_id)
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in found]
+    parents = [run["info"]["run_id"] for run, t in zip(found, tags) if "mlflow.parentRunId" not in t]
+    assert len(found) == 3 and len(parents) == 1
+    assert sorted(t.get("mlflow.parentRunId") for t in tags if "mlflow.parentRunId" in t) == parents * 2
+    assert all(run["info"]["status"] == "FINISHED" for run in found)
+    child = next(run for run, t in zip(found, tags) if "mlflow.parentRunId" in t)
+    assert "summary.json" in artifacts(url, child["info"]["run_id"])  # uploaded through the server
+
+
+@pytest.mark.slow
+def test_a_store_that_fails_mid_run_is_said_once_and_training_goes_on(workdir: Path, marker_hooks: Path,
+                                                                      mlflow_server):
+    url, server = mlflow_server
+    env_retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    os.environ.update(env_retries)  # read by the run's process: one failed request, not minutes of retries
+    try:
+        run = Augrun(workdir, "train", *RUN, "trainer.epochs=3", f"logger.tracking_uri={url}", "hydra.run.dir=run",
+                     hooks=marker_hooks)
+    finally:
+        for key in env_retries:
+            del os.environ[key]
+    run.wait_until(lambda: any(MARKER_LINE in line for line in run.stdout), f"line {MARKER_LINE!r}")
+    os.killpg(server.pid, signal.SIGKILL)  # the server goes away in epoch 2
+    status, _, stderr = run.finish()
+    assert status == 0, stderr
+    warnings = [line for line in stderr.splitlines() if "MLflow" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("augrun: warning: MLflow tracking stopped"), stderr
+    assert [r["epoch"] for r in read_metrics(workdir / "run")] == [1, 2, 3]
+    assert json.loads((workdir / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("http://127.0.0.1:9", "logger.tracking_uri: cannot reach the MLflow server at http://127.0.0.1:9"),
+    ("sqlite:///{tmp}/a-file/mlflow.db", "logger.tracking_uri:"),
+    ("sqlite:///{tmp}/junk.db", "logger.tracking_uri: sqlite:///{tmp}/junk.db cannot be read as a database"),
+    ("sqlite:///{tmp}", "logger.tracking_uri: sqlite:///{tmp} is a directory, not a database file"),
+    ("bogus://x", "logger.tracking_uri: bogus://x: MLflow knows no bogus:// store; valid: sqlite:///"),
+    ("mlruns", "logger.tracking_uri: {tmp}/mlruns is a folder, MLflow's file store"),
+])
+def test_a_store_that_cannot_be_used_is_refused_before_anything_is_created(uri, expected, in_workdir: Path):
+    (in_workdir / "a-file").write_text("not a folder")
+    (in_workdir / "junk.db").write_text("not a database")
+    before = sorted(p.name for p in in_workdir.iterdir())
+    message = refusal(*RUN, f"logger.tracking_uri={uri.format(tmp=in_workdir)}", "hydra.run.dir=run")
+    assert message.startswith(expected.format(tmp=in_workdir)), message
+    assert sorted(p.name for p in in_workdir.iterdir()) == before
+
+
+def test_an_empty_experiment_name_is_refused(in_workdir: Path):
+    assert refusal(*RUN, "logger.experiment_name=", "hydra.run.dir=run").startswith("logger.experiment_name: is empty")
+
+
+def test_an_unknown_logger_names_the_options(in_workdir: Path):
+    message = refusal(*SMOKE, "logger=mlflw")
+    assert "logger" in message and "mlflow" in message and "tensorboard" in message
+
+
+def test_several_loggers_at_once(in_workdir: Path):
+    uri = store(in_workdir)
+    main(["train", *SMOKE, "trainer.workers=0", "trainer.epochs=1", "logger=[tensorboard,mlflow]",
+          f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
+    assert len(runs_of(uri)) == 1 and any((in_workdir / "run" / "tensorboard").iterdir())
