@@ -137,12 +137,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    """`mlflow server` on 127.0.0.1 and a free port, over a SQLite store, serving artifacts; stopped at the end."""
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 and a free port, over a SQLite store, serving artifacts; stopped at the end. One
+    for the module (it takes seconds to start): the test that kills it comes last."""
     port = free_port()
-    folder = tmp_path / "server"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("server")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", store(folder), "--artifacts-destination", str(folder / "art"),
                                "--workers", "1"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -240,3 +240,28 @@ def test_several_loggers_at_once(in_workdir: Path):
     main(["train", *SMOKE, "trainer.workers=0", "trainer.epochs=1", "logger=[tensorboard,mlflow]",
           f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
     assert len(runs_of(uri)) == 1 and any((in_workdir / "run" / "tensorboard").iterdir())
+
+
+def test_a_failed_run_is_failed_in_mlflow_with_its_error(in_workdir: Path):
+    uri = store(in_workdir)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *RUN, "trainer.epochs=2", "optim.lr=1e30", f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
+    assert exit_.value.code == 1
+    (run,) = runs_of(uri)
+    assert run.info.status == "FAILED" and run.data.tags["augrun.error"].startswith("NonFiniteLoss: ")
+
+
+def test_a_value_over_mlflows_length_limit_is_cut_with_a_marker_not_dropped(in_workdir: Path):
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from augrun.report.mlflow_tracking import TRUNCATED, MlflowTracker
+    uri = store(in_workdir)
+    long = "x" * (MAX_PARAM_VAL_LENGTH + 100)
+    tracker = MlflowTracker(in_workdir / "run", configured_uri=uri, experiment_name="augrun",
+                            config={"dataset": {"root": long, "name": "folder"}}, tags={"augrun.overrides": long})
+    tracker.start(None, [])
+    tracker.end("completed")
+    (run,) = runs_of(uri)
+    root = run.data.params["dataset.root"]
+    assert len(root) == MAX_PARAM_VAL_LENGTH and root.endswith(TRUNCATED) and root.startswith("x" * 100)
+    assert run.data.params["dataset.name"] == "folder" and run.data.tags["augrun.overrides"].endswith(TRUNCATED)

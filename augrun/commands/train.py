@@ -88,27 +88,9 @@ def execute(command: CommandLine) -> TrainOutcome:
     finally:
         _PLANNED.clear()
         if sweep_tracking is not None:
-            _finish_sweep_tracking(sweep_tracking, claimed, ended)
+            from augrun.compare.tracking import finish_sweep_tracking
+            finish_sweep_tracking(sweep_tracking, claimed, ended)
     return TrainOutcome(claimed, command.multirun, failed)
-
-
-def _finish_sweep_tracking(sweep_tracking, root: Path, ended: str) -> None:
-    """The sweep's parent run in MLflow ends with its comparison (written at the root by the sweep's callback), each
-    group's mean and std of the compared numbers and its difference to aug=none, and how the sweep ended."""
-    from augrun.compare import build_report, find_runs, load_run
-    from augrun.report import mlflow_tracking
-    try:
-        groups = build_report([load_run(path) for path in find_runs([root])]).groups
-    except UserError:  # no job wrote anything
-        groups = []
-    metrics = {}
-    for group in groups:
-        numbers = {f"{name}_{part}": value for name, stat in group.stats.items()
-                   for part, value in (("mean", stat.mean), ("std", stat.std))}
-        numbers["test_acc_delta_vs_none"] = group.delta_vs_none
-        label = mlflow_tracking.metric_key(group.label)
-        metrics.update({f"{label}/{name}": value for name, value in numbers.items() if value is not None})
-    mlflow_tracking.finish_sweep(sweep_tracking, root, ended, metrics)
 
 
 @contextlib.contextmanager
