@@ -57,6 +57,7 @@ from augrun.augment import cpu as cpu_backend  # noqa: E402
 from augrun.augment.gpu import GpuPipeline  # noqa: E402
 from augrun.augment.gpu_pipeline import build_pipeline  # noqa: E402
 from augrun.augment.ops import OpSpec, parse_train_pipeline  # noqa: E402
+from augrun.config.schema import ModelConfig  # noqa: E402
 from augrun.data.batches import BatchFinisher, DeviceBatches, WorkerBatches  # noqa: E402
 from augrun.data.datasets import ImageData, make_synthetic  # noqa: E402
 from augrun.environment import intra_op_threads  # noqa: E402
@@ -233,7 +234,8 @@ def loss_arguments() -> dict:
 
 def new_model(name: str, device: torch.device, *, channels_last: bool) -> nn.Module:
     torch.manual_seed(SEED)
-    model = build_model(name, in_channels=CHANNELS, num_classes=NUM_CLASSES, width=MODEL_WIDTH[name]).to(device)
+    model = build_model(ModelConfig(name, width=MODEL_WIDTH[name]), in_channels=CHANNELS, num_classes=NUM_CLASSES,
+                        image_size=IMAGE_SIZE).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

@@ -19,6 +19,7 @@ from helpers import SMOKE, assert_user_error, refusal, run_augrun
 from PIL import Image
 
 from augrun.augment.ops import parse_train_pipeline
+from augrun.config.schema import ModelConfig
 from augrun.data.batches import BatchFinisher
 from augrun.data.datasets import DataError, choose_storage, load_dataset
 from augrun.data.photos import eval_transform, split_for_device
@@ -267,7 +268,7 @@ def test_imagenette_is_downloaded_checked_extracted_and_streamed(imagenette_serv
 
 @pytest.mark.parametrize("name, width", [("resnet18", 4), ("small_cnn", 4), ("resnet18_imagenet", 64)])
 def test_photo_models_run_at_64_to_224_pixels(name: str, width: int):
-    net = build_model(name, in_channels=3, num_classes=5, width=width).eval()
+    net = build_model(ModelConfig(name, width=width), in_channels=3, num_classes=5, image_size=64).eval()
     with torch.no_grad():
         assert [tuple(net(torch.rand(1, 3, side, side)).shape) for side in (64, 224)] == [(1, 5)] * 2
 
@@ -279,11 +280,11 @@ def test_pretrained_weights_offline_are_one_line_naming_model_pretrained(monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: the weights must be downloaded
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConfigError) as error:
-        build_model("resnet18_imagenet", in_channels=3, num_classes=10, width=64, pretrained=True)
+        build_model(ModelConfig("resnet18_imagenet", pretrained=True), in_channels=3, num_classes=10, image_size=32)
     assert str(error.value).startswith("model.pretrained: true, but torchvision's ResNet18_Weights.IMAGENET1K_V1 "
                                        "could not be loaded (") and "model.pretrained=false" in str(error.value)
     with pytest.raises(ConfigError, match="^model.pretrained: true, but small_cnn has no pretrained weights"):
-        build_model("small_cnn", in_channels=3, num_classes=10, width=8, pretrained=True)
+        build_model(ModelConfig("small_cnn", width=8, pretrained=True), in_channels=3, num_classes=10, image_size=32)
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -369,7 +369,7 @@ def test_every_shipped_pipeline_passes_the_dry_run_on_both_backends(aug, smoke_c
     d, m = smoke_config.dataset, smoke_config.model
     for backend in backends:
         dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
-                       channels=d.channels, num_classes=d.num_classes, mean=None, std=None, model=m.name, width=m.width)
+                       channels=d.channels, num_classes=d.num_classes, mean=None, std=None, model=m)
 
 
 @pytest.mark.parametrize("argv,expected", [

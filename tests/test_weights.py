@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import SMOKE, assert_user_error, run_augrun
 
+from augrun.config.schema import ModelConfig
 from augrun.errors import ConfigError
 from augrun.models.networks import build_model
 from augrun.run import checkpoint
@@ -55,7 +56,7 @@ def test_a_bad_cached_torchvision_weight_file_is_one_line_and_runs_nothing(conte
     }
     path = planted(torch_home, writers[content])
     with pytest.raises(ConfigError) as caught:
-        build_model("resnet18_imagenet", in_channels=3, num_classes=10, width=64, pretrained=True)
+        build_model(ModelConfig("resnet18_imagenet", pretrained=True), in_channels=3, num_classes=10, image_size=32)
     message = str(caught.value)
     assert message.startswith(f"model.pretrained: {path} ") and "\n" not in message
     assert f"delete {path} so that it is downloaded again" in message

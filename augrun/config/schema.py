@@ -45,8 +45,11 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    source: str = "augrun"          # augrun: one of augrun's models; timm: any timm.list_models() name
     width: int = 64
     pretrained: bool = False
+    drop_path_rate: float = 0.0     # stochastic depth (timm models)
+    options: dict[str, Any] = field(default_factory=dict)  # more of timm.create_model's keyword arguments
 
 
 @dataclass
@@ -113,6 +116,7 @@ def register_schemas() -> None:
 
 
 CHOICES = {
+    "model.source": ("augrun", "timm"),
     "aug.backend": ("auto", "cpu", "gpu"),
     "dataset.storage": ("auto", "memory", "stream"),
     "trainer.strategy": ("ddp", "dp"),
@@ -195,3 +199,5 @@ def check_ranges(cfg: TrainConfig) -> None:
                           f"channel, e.g. dataset.mean={[0.5] * d.channels} dataset.std={[0.25] * d.channels}, or "
                           "dataset.normalize=false")
     check_at_least("model.width", cfg.model.width, 1)
+    if not 0.0 <= cfg.model.drop_path_rate < 1.0:
+        raise ConfigError("model.drop_path_rate", f"got {cfg.model.drop_path_rate}; valid: 0 <= value < 1")

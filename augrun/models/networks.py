@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from augrun.config.schema import ModelConfig
 from augrun.errors import ConfigError
 from augrun.models.weights import torchvision_state_dict
 from augrun.registry import Registry
@@ -110,10 +111,18 @@ def _hub_checkpoints() -> str:
     return f"{torch.hub.get_dir()}/checkpoints"
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int, width: int, pretrained: bool = False) -> nn.Module:
-    builder = MODELS.get(name)
-    if pretrained and name != "resnet18_imagenet":
-        raise ConfigError("model.pretrained", f"true, but {name} has no pretrained weights; valid: "
-                          "model.pretrained=false, or model=resnet18_imagenet")
-    extra = {"pretrained": pretrained} if name == "resnet18_imagenet" else {}
-    return builder(in_channels=in_channels, num_classes=num_classes, width=width, **extra)
+def build_model(model: ModelConfig, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """The model a config names, for this dataset: one of augrun's, or timm's (model.source=timm)."""
+    if model.source == "timm":
+        from augrun.models.timm_models import build_timm_model
+        return build_timm_model(model.name, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                                pretrained=model.pretrained, drop_path_rate=model.drop_path_rate, options=model.options)
+    builder = MODELS.get(model.name)
+    for key, value, unset in (("model.drop_path_rate", model.drop_path_rate, 0.0), ("model.options", model.options, {})):
+        if value != unset:
+            raise ConfigError(key, f"{value} is for timm's models; valid: {unset} for {model.name}, or model=timm")
+    if model.pretrained and model.name != "resnet18_imagenet":
+        raise ConfigError("model.pretrained", f"true, but {model.name} has no pretrained weights; valid: "
+                          "model.pretrained=false, model=resnet18_imagenet, or a timm model")
+    extra = {"pretrained": model.pretrained} if model.name == "resnet18_imagenet" else {}
+    return builder(in_channels=in_channels, num_classes=num_classes, width=model.width, **extra)

@@ -41,8 +41,8 @@ def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Se
               device: torch.device) -> BuiltRun:
     t = cfg.trainer
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank and every resume
-    model = build_model(cfg.model.name, in_channels=data.channels, num_classes=data.num_classes,
-                        width=cfg.model.width, pretrained=cfg.model.pretrained).to(device)
+    model = build_model(cfg.model, in_channels=data.channels, num_classes=data.num_classes,
+                        image_size=data.image_size).to(device)
     wrapped = wrap_model(model, channels_last=t.channels_last, placement=placement, device=device, world=world)
     # Only training is compiled. Evaluation stays eager: compiling it would add two more graphs to compile (eval-mode
     # batch norm, then the smaller last test batch) for a pass that is a small share of an epoch's work.

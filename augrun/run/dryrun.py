@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from augrun.augment.ops import TENSOR_OPS, OpSpec, build_torchvision_op
+from augrun.config.schema import ModelConfig
 from augrun.errors import ConfigError, first_line
 
 DRAWS = 8  # images pushed through the train ops; BatchNorm needs at least 2 for the forward pass
@@ -25,8 +26,8 @@ MEMORY_SHARE = 0.8  # of the memory available now: the rest is for the model, wo
 
 
 def dry_run(*, train_ops: Sequence[OpSpec], batch_ops: Sequence[OpSpec], backend: str, image_size: int, channels: int,
-            num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None, model: str, width: int,
-            pretrained: bool = False, streamed: bool = False) -> None:
+            num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None, model: ModelConfig,
+            streamed: bool = False) -> None:
     """Raise a ConfigError naming the op, model or dataset key that cannot train on images of this shape.
     `streamed`: photos of their own sizes, which the train pipeline must bring to image_size."""
     torch.manual_seed(0)
@@ -40,8 +41,7 @@ def dry_run(*, train_ops: Sequence[OpSpec], batch_ops: Sequence[OpSpec], backend
         else:
             train = torch.stack(_cpu_train_images(train_ops, pictures, mean=mean, std=std))
     targets = _batch_ops(batch_ops, train, torch.arange(DRAWS) % num_classes, num_classes)
-    _train_step(model, width, train, targets, channels=channels, num_classes=num_classes, image_size=image_size,
-                pretrained=pretrained)
+    _train_step(model, train, targets, channels=channels, num_classes=num_classes, image_size=image_size)
 
 
 def _picture(pixels: torch.Tensor) -> Image.Image:
@@ -130,16 +130,16 @@ def _batch_ops(specs: Sequence[OpSpec], images: torch.Tensor, labels: torch.Tens
     return targets
 
 
-def _train_step(model: str, width: int, images: torch.Tensor, targets: torch.Tensor, *, channels: int,
-                num_classes: int, image_size: int, pretrained: bool) -> None:
+def _train_step(model: ModelConfig, images: torch.Tensor, targets: torch.Tensor, *, channels: int,
+                num_classes: int, image_size: int) -> None:
     from augrun.models.networks import build_model
-    net = build_model(model, in_channels=channels, num_classes=num_classes, width=width, pretrained=pretrained)
+    net = build_model(model, in_channels=channels, num_classes=num_classes, image_size=image_size)
     net.train()
     try:
         loss = torch.nn.functional.cross_entropy(net(images[:2].float()), targets[:2])
         loss.backward()
     except Exception as error:
-        raise ConfigError("model", f"{model} cannot train on {_shape(images[0])} images (dataset.image_size="
+        raise ConfigError("model", f"{model.name} cannot train on {_shape(images[0])} images (dataset.image_size="
                           f"{image_size} after aug.train): {_reason(error)}; valid: a larger dataset.image_size or "
                           "crop size, or another model") from None
 

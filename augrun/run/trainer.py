@@ -22,6 +22,7 @@ from augrun.data.photos import split_for_device
 from augrun.errors import ConfigError, first_line
 from augrun.models.networks import MODELS
 from augrun.models.optim import OPTIMIZERS, SCHEDULES
+from augrun.models.timm_models import check_timm_model
 from augrun.report.drawing import write_run_preview
 from augrun.report.mlflow_tracking import MlflowTracker
 from augrun.report.run_outputs import NoOutputs, RunOutputs
@@ -71,9 +72,11 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
     """Everything a run needs, checked, with its data loaded. `rehearse`: also dry-run one training step on made-up
     images and estimate the data's memory first (the pre-check does; a job prepared in another process need not
     again). `loaded`: datasets already loaded by this command, by their arguments, taken from and added to."""
-    for registry, name in ((MODELS, cfg.model.name), (DATASETS, cfg.dataset.name), (OPTIMIZERS, cfg.optim.name),
-                           (SCHEDULES, cfg.sched.name)):
+    for registry, name in ((DATASETS, cfg.dataset.name), (OPTIMIZERS, cfg.optim.name), (SCHEDULES, cfg.sched.name),
+                           *([(MODELS, cfg.model.name)] if cfg.model.source == "augrun" else [])):
         registry.get(name)  # an unknown name: one line listing the registered ones
+    if cfg.model.source == "timm":
+        check_timm_model(cfg.model.name, pretrained=cfg.model.pretrained)
     placement = distributed.resolve_devices(cfg.trainer.devices, nprocs=cfg.trainer.nprocs, strategy=cfg.trainer.strategy,
                                             visible_gpus=visible_gpus, job_num=job_num)
     train_ops = parse_train_pipeline(cfg.aug.train)
@@ -101,8 +104,8 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
             dryrun.check_dataset_memory(d.name, d.root, image_size=d.image_size, channels=d.channels,
                                         train_size=d.train_size, test_size=d.test_size)
         dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
-                       channels=d.channels, num_classes=d.num_classes, mean=mean, std=std, model=cfg.model.name,
-                       width=cfg.model.width, pretrained=cfg.model.pretrained, streamed=streamed)
+                       channels=d.channels, num_classes=d.num_classes, mean=mean, std=std, model=cfg.model,
+                       streamed=streamed)
     request = dict(name=d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
                    num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size, storage=storage.storage,
                    cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb)
