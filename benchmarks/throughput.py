@@ -64,6 +64,7 @@ from augrun.environment import intra_op_threads  # noqa: E402
 from augrun.models.networks import build_model  # noqa: E402
 from augrun.models.optim import build_optimizer  # noqa: E402
 from augrun.run.engine import EpochState, train_one_epoch  # noqa: E402
+from augrun.run.update import Updater  # noqa: E402
 
 # The two pipelines, written as conf/aug/*.yaml writes them (RandomResizedCrop size = dataset.image_size = 32).
 PIPELINES: dict[str, dict] = {
@@ -210,16 +211,18 @@ class Trainer:
     def __init__(self, model: nn.Module, device: torch.device, *, amp_dtype: torch.dtype | None, compile_mode: str | None,
                  params_of: nn.Module | None = None):
         self.model = torch.compile(model, mode=compile_mode, dynamic=False) if compile_mode else model
-        self.optimizer = build_optimizer("adam", (params_of or model).parameters(), lr=LR, weight_decay=0.0,
-                                         momentum=0.9, nesterov=False)
+        self.optimizer = build_optimizer("adam", params_of or model, lr=LR, weight_decay=0.0, momentum=0.9,
+                                         nesterov=False)
+        # one optimizer step per batch, no clipping, scaling or average: the book's plain step
+        self.updater = Updater(params_of or model, self.optimizer, None, None, 1, None, None, micro_steps=1 << 62)
         self.amp_dtype = amp_dtype
         self.state = EpochState.fresh(device)
         self.loss_kwargs = loss_arguments()
 
     def block(self, source: Iterator, steps: int) -> None:
         # progress never fires inside a block; train_one_epoch's closing non-finite check reads one number (one sync)
-        train_one_epoch(self.model, itertools.islice(source, steps), self.state, epoch=1, optimizer=self.optimizer,
-                        scheduler=None, amp_dtype=self.amp_dtype, progress_every=1 << 62,
+        train_one_epoch(self.model, itertools.islice(source, steps), self.state, epoch=1, updater=self.updater,
+                        amp_dtype=self.amp_dtype, progress_every=1 << 62,
                         on_progress=lambda step, sums: None, stop_requested=lambda: False, **self.loss_kwargs)
 
 

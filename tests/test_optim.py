@@ -12,7 +12,7 @@ from augrun.models.optim import build_optimizer, build_scheduler
 
 def sgd(lr: float = 0.1, **kwargs) -> torch.optim.Optimizer:
     options = dict(lr=lr, weight_decay=5e-4, momentum=0.9, nesterov=True) | kwargs
-    return build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], **options)
+    return build_optimizer("sgd", torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(2))]), **options)
 
 
 def lr_per_step(optimizer, scheduler, steps: int) -> list[float]:
@@ -126,7 +126,7 @@ def test_sgd_without_momentum_turns_nesterov_off():
 def test_optim_configs_reach_the_optimizer():
     for name, cls in (("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)):
         o = to_train_config(compose_train(f"optim={name}")).optim
-        optimizer = build_optimizer(o.name, [torch.nn.Parameter(torch.zeros(2))], lr=o.lr,
+        optimizer = build_optimizer(o.name, torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(2))]), lr=o.lr,
                                     weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov)
         group = optimizer.param_groups[0]
         assert type(optimizer) is cls and group["lr"] == o.lr and group["weight_decay"] == o.weight_decay

@@ -15,6 +15,7 @@ import yaml
 
 from augrun import environment, rundir
 from augrun.errors import CompareError, printable
+from augrun.report.metrics_files import FINAL_NUMBERS
 
 SEED_KEY = "seed"
 MAX_ERROR_CHARS = 200
@@ -49,11 +50,12 @@ class Number:
 # Fields not named here are not read, and not checked: a newer trainer's extra fields still compare.
 METRICS_ROW_FIELDS = {
     "epoch": Number(required=True, integer=True), "train_loss": Number(finite=False), "train_acc": Number(),
-    "test_acc": Number(nullable=True), "test_acc_tta": Number(nullable=True), "lr": Number(),
+    "test_acc": Number(nullable=True), "test_acc_tta": Number(nullable=True),
+    "test_acc_ema": Number(nullable=True), "lr": Number(),
     "seconds": Number(finite=False), "examples_per_s": Number(finite=False),
 }  # fmt: skip
 SUMMARY_FIELDS = {"best_test_acc": Number(nullable=True), "examples_per_s": Number(nullable=True, finite=False)}
-SUMMARY_FINAL_FIELDS = {name: METRICS_ROW_FIELDS[name] for name in ("train_loss", "train_acc", "test_acc", "test_acc_tta")}
+SUMMARY_FINAL_FIELDS = {name: METRICS_ROW_FIELDS[name] for name in FINAL_NUMBERS}
 COMPLETED = "completed"
 
 

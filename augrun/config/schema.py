@@ -69,6 +69,13 @@ class SchedConfig:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, evaluated beside them (test_acc_ema) and kept in the checkpoint."""
+    decay: float = 0.0      # 0: off; else the weight of the average at each optimizer step, e.g. 0.9998
+    warmup: bool = False    # timm's warmup: decay min(decay, (1 + t) / (10 + t)) at update t, so early averages move
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 10
     batch_size: int = 256
@@ -86,6 +93,10 @@ class TrainerConfig:
     progress_updates: int = 10
     threads: Optional[int] = None
     rendezvous_timeout_s: float = 600.0
+    clip_grad_norm: Optional[float] = None  # clip the gradients' global L2 norm to this before each step; null: off
+    accumulate_grad_batches: int = 1        # micro-batches per optimizer step; batch_size stays the batch of a step
+    sync_bn: bool = False                   # batch-norm statistics over every rank's images under DDP
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
 
 @dataclass
@@ -120,7 +131,7 @@ CHOICES = {
     "aug.backend": ("auto", "cpu", "gpu"),
     "dataset.storage": ("auto", "memory", "stream"),
     "trainer.strategy": ("ddp", "dp"),
-    "trainer.precision": ("auto", "fp32", "bf16"),
+    "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.loss_reduction": ("mean", "sum"),
     "trainer.tta": ("none", "flip"),
 }
@@ -167,6 +178,15 @@ def check_ranges(cfg: TrainConfig) -> None:
     check_at_least("trainer.eval_every", t.eval_every, 1)
     check_at_least("trainer.threads", t.threads, 1, allow_none=True)
     check_at_least("trainer.rendezvous_timeout_s", t.rendezvous_timeout_s, 1)
+    check_at_least("trainer.accumulate_grad_batches", t.accumulate_grad_batches, 1)
+    if t.batch_size % t.accumulate_grad_batches:
+        raise ConfigError("trainer.accumulate_grad_batches", f"{t.accumulate_grad_batches} does not divide "
+                          f"trainer.batch_size={t.batch_size} (the batch of one optimizer step); valid: a divisor "
+                          "of it, e.g. 1, 2 or 4")
+    if t.clip_grad_norm is not None and not t.clip_grad_norm > 0:
+        raise ConfigError("trainer.clip_grad_norm", f"got {t.clip_grad_norm}; valid: a norm > 0, or null (off)")
+    if not 0.0 <= t.ema.decay < 1.0:
+        raise ConfigError("trainer.ema.decay", f"got {t.ema.decay}; valid: 0 (off) or 0 < decay < 1, e.g. 0.9998")
     if not 0.0 <= t.label_smoothing < 1.0:
         raise ConfigError("trainer.label_smoothing", f"got {t.label_smoothing}; valid: 0 <= value < 1")
     o = cfg.optim

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from augrun.registry import Registry
 
@@ -23,9 +24,33 @@ def sgd(params, *, lr: float, weight_decay: float, momentum: float, nesterov: bo
                            weight_decay=weight_decay)
 
 
-def build_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float,
+@OPTIMIZERS.register("adamw")
+def adamw(params, *, lr: float, weight_decay: float, momentum: float, nesterov: bool) -> torch.optim.Optimizer:
+    # decoupled weight decay (Loshchilov & Hutter), as DeiT and timm train ViTs; params arrive as decay groups
+    return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+
+
+# optimizers whose weight decay skips norms, biases and the model's own exceptions (timm's rule)
+DECAY_GROUPS = {"adamw"}
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The parameters as two groups, as timm's param_groups_weight_decay makes them: no decay for one-dimensional
+    ones (norm weights, biases) and those the model names in no_weight_decay() (a ViT's position embedding and class
+    token), weight_decay for the rest."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: float, momentum: float,
                     nesterov: bool) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(name)(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
+    builder = OPTIMIZERS.get(name)
+    params = decay_groups(model, weight_decay) if name in DECAY_GROUPS else model.parameters()
+    return builder(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
 
 
 @SCHEDULES.register("none")

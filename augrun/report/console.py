@@ -12,6 +12,7 @@ from rich.table import Table
 from augrun.report.metrics_files import metric_fields
 
 COLUMNS = {"epoch": "{:d}", "train_loss": "{:.4f}", "train_acc": "{:.4f}", "test_acc": "{:.4f}", "test_acc_tta": "{:.4f}",
+           "test_acc_ema": "{:.4f}",
            "lr": "{:.3g}", "seconds": "{:.1f}", "examples_per_s": "{:.1f}"}
 # each row is printed as its own table, so a column's width must not depend on its value: lr can print as 3.16e-05
 MIN_WIDTH = {"lr": 8}
@@ -66,6 +67,7 @@ class RunConsole:
     def final_lines(self, record: dict[str, Any], examples_per_s: float, devices: list[str]) -> None:
         """The book's closing lines, in its format."""
         tta = f" (with flip tta {record['test_acc_tta']:.3f})" if "test_acc_tta" in record else ""
+        tta += f" (ema {record['test_acc_ema']:.3f})" if record.get("test_acc_ema") is not None else ""
         self.console.print(f"loss {record['train_loss']:.3f}, train acc {record['train_acc']:.3f}, "
                            f"test acc {record['test_acc']:.3f}{tta}")
         self.console.print(f"{examples_per_s:.1f} examples/sec on {devices}", highlight=False)

@@ -12,14 +12,16 @@ from augrun import rundir
 from augrun.files import write_text_atomic
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "seconds", "examples_per_s"]
-OPTIONAL_FIELDS = {"test_acc_tta": "test_acc"}  # logged only when enabled (trainer.tta), placed after the named field
+# the numbers of a run's last epoch that summary.json keeps as its final ones
+FINAL_NUMBERS = ("train_loss", "train_acc", "test_acc", "test_acc_tta", "test_acc_ema")
+# logged only when enabled (trainer.tta, trainer.ema), in this order after test_acc
+OPTIONAL_FIELDS = ["test_acc_tta", "test_acc_ema"]
+
+
 def metric_fields(record: dict[str, Any]) -> list[str]:
     """The fields of a metrics record, in file and table order."""
-    fields = list(METRIC_FIELDS)
-    for name, after in OPTIONAL_FIELDS.items():
-        if name in record:
-            fields.insert(fields.index(after) + 1, name)
-    return fields
+    at = METRIC_FIELDS.index("test_acc") + 1
+    return METRIC_FIELDS[:at] + [name for name in OPTIONAL_FIELDS if name in record] + METRIC_FIELDS[at:]
 
 
 class MetricsFiles:

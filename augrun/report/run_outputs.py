@@ -9,7 +9,7 @@ from typing import Any
 from augrun import environment as env
 from augrun import rundir, signals
 from augrun.report.console import RunConsole
-from augrun.report.metrics_files import MetricsFiles
+from augrun.report.metrics_files import FINAL_NUMBERS, MetricsFiles
 from augrun.report.mlflow_tracking import MlflowTracker
 from augrun.report.trackers import TensorBoardLog
 
@@ -27,7 +27,7 @@ def summary(status: str, records: list[dict[str, Any]], epochs: int | None, exam
     last = records[-1] if records else {}
     return {
         "status": status, "epochs": epochs, "epochs_completed": len(records),
-        "final": {k: last[k] for k in ("train_loss", "train_acc", "test_acc", "test_acc_tta") if k in last} or None,
+        "final": {k: last[k] for k in FINAL_NUMBERS if k in last} or None,
         "best_test_acc": max((r["test_acc"] for r in records if r["test_acc"] is not None), default=None),
         "examples_per_s": examples_per_s, "devices": devices, "total_seconds": total_seconds, "error": error,
     } | ({"environment": env.finished(environment)} if environment is not None else {})

@@ -19,6 +19,8 @@ from augrun.data.datasets import DataSplits
 from augrun.models.networks import build_model
 from augrun.models.optim import build_optimizer, build_scheduler
 from augrun.run.distributed import Placement
+from augrun.run.ema import ModelEma
+from augrun.run.update import Updater
 from augrun.seeding import derive_seed
 
 
@@ -33,7 +35,8 @@ class BuiltRun:
     amp_dtype: torch.dtype | None
     train_batches: DeviceBatches | WorkerBatches  # or augrun.data.streaming.StreamBatches for streamed photos
     test_batches: DeviceBatches | WorkerBatches
-    steps: int                # training steps per epoch on this rank
+    updater: Updater          # gradients to weights: loss scale, accumulation, clipping, optimizer, schedule, EMA
+    steps: int                # training steps (micro-batches) per epoch on this rank
 
 
 def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Sequence[OpSpec],
@@ -42,22 +45,30 @@ def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Se
     t = cfg.trainer
     torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank and every resume
     model = build_model(cfg.model, in_channels=data.channels, num_classes=data.num_classes,
-                        image_size=data.image_size).to(device)
+                        image_size=data.image_size)
+    if t.sync_bn and world > 1:  # the pre-check refuses it on the CPU, where SyncBatchNorm cannot run
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     wrapped = wrap_model(model, channels_last=t.channels_last, placement=placement, device=device, world=world)
     # Only training is compiled. Evaluation stays eager: compiling it would add two more graphs to compile (eval-mode
     # batch norm, then the smaller last test batch) for a pass that is a small share of an epoch's work.
     trained = torch.compile(wrapped) if t.compile else wrapped
     train_batches, test_batches = batch_sources(cfg, data, backend=backend, train_ops=train_ops, batch_ops=batch_ops,
                                                 rank=rank, world=world, device=device)
-    steps = train_batches.steps(1)
-    optimizer = build_optimizer(cfg.optim.name, model.parameters(), lr=cfg.optim.lr,
-                                weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
-                                nesterov=cfg.optim.nesterov)
-    scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs, steps_per_epoch=steps,
-                                warmup_epochs=cfg.sched.warmup_epochs, pct_start=cfg.sched.pct_start)
+    micro_steps = train_batches.steps(1)
+    optimizer_steps = -(-micro_steps // t.accumulate_grad_batches)
+    optimizer = build_optimizer(cfg.optim.name, model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs,
+                                steps_per_epoch=optimizer_steps, warmup_epochs=cfg.sched.warmup_epochs,
+                                pct_start=cfg.sched.pct_start)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="none")
+    ema = ModelEma(model, decay=t.ema.decay, warmup=t.ema.warmup) if t.ema.decay > 0 else None
+    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+    updater = Updater(model, optimizer, scheduler, scaler, t.accumulate_grad_batches, t.clip_grad_norm, ema,
+                      micro_steps)
     return BuiltRun(model, wrapped, trained, optimizer, scheduler, loss_fn, amp_dtype(t.precision, device),
-                    train_batches, test_batches, steps)
+                    train_batches, test_batches, updater, micro_steps)
 
 
 def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Sequence[OpSpec],
@@ -71,7 +82,9 @@ def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops
     finish_test = BatchFinisher(device=device, mean=mean, std=std, channels_last=channels_last)
     compiling = cfg.trainer.compile
     # torch.compile specialises on the batch shape: a smaller last batch would compile the model again
-    shared = dict(batch_size=cfg.trainer.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    # with gradient accumulation a batch is one micro-batch of an optimizer step's batch_size
+    micro_batch = cfg.trainer.batch_size // cfg.trainer.accumulate_grad_batches
+    shared = dict(batch_size=micro_batch, seed=cfg.seed, rank=rank, world_size=world)
     if data.streamed:  # photo folders decoded per image each epoch (augrun/data/streaming.py)
         from augrun.data.streaming import stream_sources
         return stream_sources(data.train, data.test, backend=backend, train_ops=train_ops, finish_train=finish_train,
@@ -105,6 +118,8 @@ def wrap_model(model: nn.Module, *, channels_last: bool, placement: Placement, d
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp16":
+        return torch.float16
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from augrun.run import distributed
+from augrun.run.update import Updater
 
 
 class NonFiniteLoss(RuntimeError):
@@ -38,14 +39,17 @@ def count_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).sum()
 
 
-def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, epoch: int, optimizer: torch.optim.Optimizer,
-                    scheduler, loss_fn: Callable, sum_loss: bool, world_size: int, amp_dtype: torch.dtype | None,
+def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, epoch: int, updater: Updater,
+                    loss_fn: Callable, sum_loss: bool, world_size: int, amp_dtype: torch.dtype | None,
                     progress_every: int, on_progress: Callable[[int, torch.Tensor], None],
                     stop_requested: Callable[[], bool]) -> bool:
-    """Run the remaining steps of an epoch, updating `state` in place. Returns False when stopped early by a signal.
+    """Run the remaining micro-batches of an epoch, updating `state` in place. Returns False when stopped early by a
+    signal, which is only heard where an optimizer step ends (a checkpoint holds no half-accumulated gradients).
 
-    `loss_fn` gives per-image losses. The objective is their mean, or with `sum_loss` their sum (the book's
-    l.sum().backward()); then it is scaled by the world size, since DDP averages gradients over the ranks.
+    `loss_fn` gives per-image losses. The objective is their mean over the optimizer step's images, or with `sum_loss`
+    their sum (the book's l.sum().backward()); then it is scaled by the world size, since DDP averages gradients over
+    the ranks. With accumulation, each micro-batch adds its share, so k micro-batches of b images give the step one
+    batch of k*b would.
     """
     model.train()
     device = state.sums.device
@@ -56,11 +60,10 @@ def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, e
             logits = model(images)
             loss_sum = loss_fn(logits, targets).sum()
         n = images.shape[0]
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum * world_size if sum_loss else loss_sum / n).backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        updater.backward(loss_sum * world_size if sum_loss else loss_sum / (n * updater.window(step)))
+        ends_step = updater.ends_step(step)
+        if ends_step:
+            updater.step()
         with torch.no_grad():
             # Python scalars, not new tensors: no host-to-device copy per step
             state.sums[0] += loss_sum.detach().double()
@@ -72,7 +75,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, e
         if state.next_step % progress_every == 0:
             _raise_if_non_finite(first_bad_step, epoch)
             on_progress(state.next_step, state.sums)
-        if stop_requested():
+        if ends_step and stop_requested():
             return False
     _raise_if_non_finite(first_bad_step, epoch)
     return True

@@ -49,7 +49,11 @@ class Checkpointer:
             "seconds": progress.state.seconds, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
             "records": progress.records, "total_seconds": progress.total_seconds, "config": self.config,
-            "rng": checkpoint.rng_states(), "tracking": self.tracking}, self.path)
+            "rng": checkpoint.rng_states(), "tracking": self.tracking,
+            # the weights' average (what `augrun eval weights=ema` reads) and fp16's loss scale, for an exact resume
+            "ema": run.updater.ema.module.state_dict() if run.updater.ema is not None else None,
+            "ema_updates": run.updater.ema.updates if run.updater.ema is not None else 0,
+            "scaler": run.updater.scaler.state_dict() if run.updater.scaler is not None else None}, self.path)
 
     def restore(self, state: dict[str, Any], device: torch.device) -> Progress:
         """The run as `state` (a loaded checkpoint, the same on every rank) left it. The saved sums are the ranks'
@@ -60,6 +64,10 @@ class Checkpointer:
         if run.scheduler is not None:
             run.scheduler.load_state_dict(state["scheduler"])
         checkpoint.restore_rng_states(state["rng"])
+        if run.updater.ema is not None:
+            run.updater.ema.load_state_dict({"weights": state["ema"], "updates": state["ema_updates"]})
+        if run.updater.scaler is not None:
+            run.updater.scaler.load_state_dict(state["scaler"])
         sums = state["sums"].to(device) if self.is_main else torch.zeros_like(state["sums"], device=device)
         return Progress(state["epoch"], EpochState(sums, state["next_step"], state["seconds"]), state["records"],
                         state["total_seconds"])

@@ -91,6 +91,9 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
     if warning:
         warn(warning)
     check_logger(cfg.logger)
+    if cfg.trainer.sync_bn and placement.kind == "cpu" and placement.nprocs > 1:
+        raise ConfigError("trainer.sync_bn", f"true, but SyncBatchNorm runs on GPUs only, and this run has "
+                          f"{placement.nprocs} processes on the CPU; valid: trainer.sync_bn=false on the CPU")
     cores = os.cpu_count() or 1
     if (backend == "cpu" or streamed) and cfg.trainer.workers > cores:  # streamed photos: workers decode, either backend
         warn(f"trainer.workers={cfg.trainer.workers} on {cores} CPU cores: workers will compete for them")
@@ -272,7 +275,7 @@ def _run_epoch(run: BuiltRun, progress: Progress, cfg: TrainConfig, outputs, sto
         outputs.step_progress(step, loss / max(count, 1), correct / max(count, 1), count * world / max(elapsed, 1e-9))
 
     finished = train_one_epoch(run.trained, run.train_batches.epoch(epoch, state.next_step), state, epoch=epoch,
-                               optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=run.loss_fn,
+                               updater=run.updater, loss_fn=run.loss_fn,
                                sum_loss=t.loss_reduction == "sum", world_size=world, amp_dtype=run.amp_dtype,
                                progress_every=every, on_progress=on_progress, stop_requested=stops.after_step)
     if device.type == "cuda":
@@ -285,8 +288,13 @@ def _run_epoch(run: BuiltRun, progress: Progress, cfg: TrainConfig, outputs, sto
     if epoch % t.eval_every == 0 or epoch == t.epochs:
         test = evaluate(run.wrapped, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype, device=device,
                         flip_tta=t.tta == "flip")
+        if run.updater.ema is not None:  # the averaged weights, on the same test images
+            averaged = evaluate(run.updater.ema.module, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype,
+                                device=device)
+            test["test_acc_ema"] = averaged["test_acc"]
     else:
-        test = {"test_acc": None} | ({"test_acc_tta": None} if t.tta == "flip" else {})
+        test = {"test_acc": None} | ({"test_acc_tta": None} if t.tta == "flip" else {}) | (
+            {"test_acc_ema": None} if run.updater.ema is not None else {})
     progress.total_seconds += time.perf_counter() - began
     return {"epoch": epoch, "train_loss": loss / count, "train_acc": correct / count, **test,
             "lr": run.optimizer.param_groups[0]["lr"], "seconds": state.seconds, "examples_per_s": count / state.seconds}

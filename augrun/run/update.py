@@ -1,0 +1,49 @@
+"""How a training step's gradients become an update of the weights: the loss scale of fp16 (GradScaler), gradient
+accumulation over micro-batches, clipping, the optimizer and schedule step, and the weights' moving average."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from augrun.run.ema import ModelEma
+
+
+@dataclass
+class Updater:
+    model: nn.Module                      # the bare model: its parameters are clipped and averaged
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None              # stepped once per optimizer step
+    scaler: torch.amp.GradScaler | None   # fp16: the loss is scaled, and a step with inf/NaN gradients is skipped
+    accumulate: int                       # micro-batches per optimizer step (trainer.accumulate_grad_batches)
+    clip_grad_norm: float | None
+    ema: ModelEma | None
+    micro_steps: int                      # micro-batches per epoch, so the epoch's last window knows its size
+
+    def window(self, step: int) -> int:
+        """How many micro-batches the optimizer step that `step` belongs to averages (fewer at the epoch's end)."""
+        return min(self.accumulate, self.micro_steps - step // self.accumulate * self.accumulate)
+
+    def ends_step(self, step: int) -> bool:
+        """Whether micro-batch `step` (of its epoch) is the last of its optimizer step."""
+        return (step + 1) % self.accumulate == 0 or step + 1 == self.micro_steps
+
+    def backward(self, objective: torch.Tensor) -> None:
+        (self.scaler.scale(objective) if self.scaler is not None else objective).backward()
+
+    def step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clipping needs the true gradients
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
