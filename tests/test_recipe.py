@@ -161,3 +161,34 @@ def test_the_recipe_runs_under_ddp_and_on_the_gpu_backend(workdir: Path):
 def test_bad_recipe_settings_are_one_line(override: str, expected: str, in_workdir: Path):
     from helpers import refusal
     assert refusal(*SMOKE, *override.split()).startswith(expected)
+
+
+def mix_inputs():
+    torch.manual_seed(1)
+    return torch.rand(6, 3, 8, 8), torch.arange(6) % 3
+
+
+@pytest.mark.parametrize("switch_prob, chosen", [(0.0, "mixup"), (1.0, "cutmix")])
+def test_mixup_cutmix_runs_the_op_its_switch_draws(switch_prob: float, chosen: str):
+    from augrun.augment.gpu import CutMix, MixUp, MixUpCutMix
+    images, labels = mix_inputs()
+    op = MixUpCutMix(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=switch_prob, num_classes=3)
+    got = op(images, labels, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    torch.rand((), generator=generator)  # the switch
+    mixed = MixUp(alpha=0.8, num_classes=3)(images, labels, generator)
+    cut = CutMix(alpha=1.0, num_classes=3)(images, labels, generator)
+    expected = mixed if chosen == "mixup" else cut
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+
+
+def test_mixup_cutmix_switches_as_often_as_switch_prob_says():
+    from augrun.augment.gpu import MixUpCutMix
+    images, labels = mix_inputs()
+    op = MixUpCutMix(switch_prob=0.5, num_classes=3)
+    generator = torch.Generator().manual_seed(0)
+    # CutMix pastes pixels unchanged: every output pixel is the image's own or its neighbour's
+    outputs = [op(images, labels, generator)[0] for _ in range(400)]
+    cutmix = sum(bool(((out == images) | (out == images.roll(1, 0))).all()) for out in outputs)
+    assert 160 <= cutmix <= 240  # Binomial(400, 0.5): mean 200, sd 10

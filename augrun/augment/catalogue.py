@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import torchvision.transforms.v2 as T
-
-from augrun.augment.ops import BATCH, REGISTRY, REQUIRED, argument_defaults
+from augrun.augment.ops import BATCH, REGISTRY, REQUIRED, argument_defaults, op_class
 from augrun.errors import UserError
 
 
@@ -42,7 +40,7 @@ def describe(name: str) -> CatalogueEntry:
         section="aug.batch" if op.kind == BATCH else "aug.train",
         arguments=argument_defaults(name),
         backends=op.backends,
-        summary=alias.summary if alias else _first_docstring_line(getattr(T, name)),
+        summary=alias.summary if alias else _first_docstring_line(op_class(name)),
         alias_of=f"{alias.target}({', '.join(f'{arg}=...' for arg in alias.arguments)})" if alias else None,
         notes=alias.differences if alias else op.note,
         aliases=tuple(n for n, other in REGISTRY.items() if other.alias and other.alias.target == name),

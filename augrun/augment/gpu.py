@@ -34,6 +34,7 @@ __all__ = [
     "CutMix",
     "GpuPipeline",
     "MixUp",
+    "MixUpCutMix",
     "Normalize",
     "RandomCrop",
     "RandomErasing",
@@ -579,6 +580,30 @@ class CutMix(_MixBase):
         return torch.where(box, images.roll(1, 0), images), self._targets(labels, lam_adjusted)
 
 
+class MixUpCutMix:
+    """MixUp or CutMix, one of them per batch: CutMix with probability switch_prob, else MixUp, as DeiT trains (timm's
+    Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5); torchvision's recipes: RandomChoice([MixUp, CutMix])).
+    augrun's own op, not torchvision's: torchvision's RandomChoice takes transforms, which a config cannot name."""
+
+    def __init__(self, *, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_prob: float = 0.5,
+                 num_classes: int | None = None) -> None:
+        if not 0.0 <= switch_prob <= 1.0:
+            raise ValueError(f"MixUpCutMix: switch_prob must be a probability in [0, 1], got {switch_prob}")
+        self.mixup = MixUp(alpha=mixup_alpha, num_classes=num_classes)
+        self.cutmix = CutMix(alpha=cutmix_alpha, num_classes=num_classes)
+        self.switch_prob = float(switch_prob)
+
+    def __call__(self, images, labels, generator):
+        # one draw per batch, from the step's generator: the same choice on every rank and on a resume
+        use_cutmix = torch.rand((), generator=generator, device=generator.device) < self.switch_prob
+        mixed = self.mixup(images, labels, generator)
+        cut = self.cutmix(images, labels, generator)
+        return torch.where(use_cutmix, cut[0], mixed[0]), torch.where(use_cutmix, cut[1], mixed[1])
+
+    def __repr__(self) -> str:
+        return f"MixUpCutMix(mixup={self.mixup}, cutmix={self.cutmix}, switch_prob={self.switch_prob})"
+
+
 class GpuPipeline:
     """Applies per-image ops in order: ``GpuPipeline(ops)(images, generator) -> images``."""
 
@@ -614,4 +639,4 @@ GPU_OPS: dict[str, type] = {
 }
 # Op name -> the class of a batch op (aug.batch, ops.BATCH_NAMES): these mix labels too, and run on the training device
 # for both backends, so they are not part of the gpu backend's pipeline.
-BATCH_OP_CLASSES: dict[str, type] = {"MixUp": MixUp, "CutMix": CutMix}
+BATCH_OP_CLASSES: dict[str, type] = {"MixUp": MixUp, "CutMix": CutMix, "MixUpCutMix": MixUpCutMix}

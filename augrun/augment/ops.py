@@ -92,7 +92,18 @@ _TORCHVISION_OPS = {
                      "TrivialAugmentWide", "AugMix", "Resize"), PER_IMAGE),
     "RandomErasing": TENSOR,  # torchvision applies it to tensors only, so the cpu backend runs it after ToTensor
     "MixUp": BATCH, "CutMix": BATCH,  # mix labels too (`aug.batch`); on the training device for both backends
+    "MixUpCutMix": BATCH,  # augrun's own (OWN_OPS): one of MixUp and CutMix per batch, as DeiT
 }
+# ops that are augrun's, not torchvision's: their class, in augrun.augment.gpu, gives their arguments and checks them
+OWN_OPS = ("MixUpCutMix",)
+
+
+def op_class(name: str) -> type:
+    """The class an op's arguments and checks come from: torchvision's v2 class, or augrun's own."""
+    if name in OWN_OPS:
+        from augrun.augment import gpu
+        return getattr(gpu, name)
+    return getattr(T, name)
 _NOTES = {
     "Resize": "size: one number resizes the shorter side to it (the aspect ratio kept), [height, width] both sides; "
               "streamed photos (dataset.storage=stream) need a crop after it, e.g. RandomCrop of dataset.image_size",
@@ -210,8 +221,8 @@ def argument_defaults(name: str) -> dict[str, Any]:
     alias = REGISTRY[name].alias if name in REGISTRY else None
     if alias is not None:
         return dict(alias.arguments)
-    return {n: p.default for n, p in inspect.signature(getattr(T, name)).parameters.items()
-            if n not in ("self", "args", "kwargs")}
+    return {n: p.default for n, p in inspect.signature(op_class(name)).parameters.items()
+            if n not in ("self", "args", "kwargs", "num_classes" if name in OWN_OPS else "")}
 
 
 def _argument_names(op: str) -> list[str]:
@@ -227,7 +238,7 @@ def build_torchvision_op(spec: OpSpec, cls: type | None = None) -> Callable:
 def _build(spec: OpSpec, *, written: str, cls: type | None = None) -> Callable:
     # `written`: the name in the config (a Gluon alias, or spec.name), whose arguments the message lists
     try:
-        return (cls or getattr(T, spec.name))(**torchvision_arguments(spec.kwargs))
+        return (cls or op_class(spec.name))(**torchvision_arguments(spec.kwargs))
     except (TypeError, ValueError) as error:
         raise ConfigError(spec.key, f"{str(error).splitlines()[0]} (arguments of {written}: "
                           f"{', '.join(_argument_names(written))})") from None
