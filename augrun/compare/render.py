@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 import augrun.compare.search as search
+from augrun.compare.gains import gains_lines
 from augrun.compare.runs import CompareError, RunResult, _one_line, _reason, environment_warning, find_runs, load_run
 from augrun.compare.stats import BASELINE_KEY, BASELINE_VALUE, METRICS, Group, Report, Stat, _stat, build_report
 from augrun.errors import printable
@@ -90,6 +91,8 @@ def comparison_markdown(report: Report, warning: str | None = None) -> str:
     md += [f"- {line}" for line in _failed_lines(report)] or ["none"]
     md += ["", "## Noise", ""]
     md += [f"- {line}" for line in _notes(report)] or ["no aug=none group to compare with"]
+    gains = gains_lines(report)
+    md += ["", "## Gain by setting", "", *[f"- {line}" for line in gains]] if gains else []
     md += [f"- warning: {warning}"] if warning else []
     return "\n".join(md) + "\n"
 
@@ -193,7 +196,7 @@ def print_report(report: Report, console: Console) -> None:
     console.print(table)
     for line in _failed_lines(report):
         console.print(line, style="red", highlight=False, markup=False, soft_wrap=True)
-    for line in _notes(report):
+    for line in _notes(report) + gains_lines(report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if report.files:
         written = ", ".join(str(p) for p in report.files)

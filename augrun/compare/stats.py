@@ -30,6 +30,8 @@ class Group:
     stats: dict[str, Stat] = field(default_factory=dict)
     baseline: str | None = None  # label of the aug=none group this one is compared with
     delta_vs_none: float | None = None  # mean final test acc minus the baseline's
+    delta_se: float | None = None  # its standard error (None with one seed on either side)
+    gap_delta_vs_none: float | None = None  # mean train-test gap minus the baseline's: less overfitting is negative
     within_noise: bool | None = None  # None when there is no baseline or no noise estimate (one seed)
     note: str = ""
 
@@ -81,12 +83,17 @@ def _compare_to_baseline(group: Group, base: Group) -> None:
     if a.mean is None or b.mean is None:
         return
     group.baseline, group.delta_vs_none = base.label, a.mean - b.mean
-    head = f"{group.label}: test acc {group.delta_vs_none:+.4f} vs {base.label}"
+    gaps = group.stats["gap"].mean, base.stats["gap"].mean
+    if None not in gaps:
+        group.gap_delta_vs_none = gaps[0] - gaps[1]
+    gap = f", gap {group.gap_delta_vs_none:+.4f}" if group.gap_delta_vs_none is not None else ""
+    head = f"{group.label}: test acc {group.delta_vs_none:+.4f}{gap} vs {base.label}"
     if a.std is None or b.std is None:
         # One seed has no spread estimate, so no difference can be called noise or signal.
         group.note = f"{head}; 1 seed: no noise estimate"
         return
     se = math.sqrt(a.std**2 / len(group.completed) + b.std**2 / len(base.completed))
+    group.delta_se = se
     group.within_noise = abs(group.delta_vs_none) < 2 * se
     group.note = f"{head} ({'within noise' if group.within_noise else 'beyond noise'}: 2·SE = {2 * se:.4f})"
 
