@@ -118,7 +118,7 @@ def test_accumulation_counts_optimizer_steps_for_the_schedule(in_workdir: Path):
 # every part at once: what a resume must restore exactly (the average, the loss scale, AdamW's state)
 RECIPE = [*SMOKE, "trainer.epochs=3", "trainer.workers=0", "optim=adamw", "trainer.ema.decay=0.9",
           "trainer.ema.warmup=true", "trainer.accumulate_grad_batches=2", "trainer.clip_grad_norm=1.0",
-          "trainer.precision=fp16", "hydra.run.dir=run"]
+          "trainer.precision=fp16", "aug=flip_color_crop", "aug.repeats=2", "hydra.run.dir=run"]
 
 
 @pytest.mark.slow
@@ -192,3 +192,37 @@ def test_mixup_cutmix_switches_as_often_as_switch_prob_says():
     outputs = [op(images, labels, generator)[0] for _ in range(400)]
     cutmix = sum(bool(((out == images) | (out == images.roll(1, 0))).all()) for out in outputs)
     assert 160 <= cutmix <= 240  # Binomial(400, 0.5): mean 200, sd 10
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_repeated_augmentation_shows_each_drawn_image_k_times_across_the_ranks(world: int):
+    from collections import Counter
+
+    from augrun.data.batches import epoch_plan, image_index
+    n, k = 50, 3
+    plans = [epoch_plan(n, 10, seed=0, epoch=2, rank=r, world_size=world, repeats=k) for r in range(world)]
+    positions = [i for plan in plans for step in plan for i in step.tolist()]
+    assert len(positions) == n and len(set(positions)) == n  # the epoch's length, every copy its own index
+    counts = Counter(image_index(i, n) for i in positions)
+    assert sorted(counts.values())[1:] == [k] * (len(counts) - 1)  # k copies each (the last one cut by the length)
+    first = epoch_plan(n, 10, seed=0, epoch=2, repeats=k)[0].tolist()[:k]
+    assert first == [first[0] + copy * n for copy in range(k)]  # an image's copies come together, in one batch
+
+
+def test_a_repeated_images_copies_get_their_own_draws_on_either_backend():
+    from augrun.augment.cpu import build_train_transform
+    from augrun.augment.gpu_pipeline import build_pipeline
+    from augrun.augment.ops import parse_train_pipeline
+    from augrun.data.batches import AugmentedImages, BatchFinisher, DeviceBatches
+    from augrun.data.datasets import make_synthetic
+    data = make_synthetic(image_size=16, channels=3, num_classes=4, train_size=8, test_size=4).train
+    ops = parse_train_pipeline({"RandomResizedCrop": {"size": 16, "scale": [0.2, 1.0]}, "ColorJitter": {"hue": 0.3}})
+    images = AugmentedImages(data, build_train_transform(ops, mean=None, std=None), seed=0)
+    n = len(data.labels)
+    first, copy, again = images[(1, 3)][0], images[(1, 3 + n)][0], images[(1, 3)][0]
+    assert torch.equal(first, again) and not torch.equal(first, copy)
+    finish = BatchFinisher(device=torch.device("cpu"), mean=None, std=None, channels_last=False)
+    batches = DeviceBatches(data, build_pipeline(ops), finish, batch_size=8, seed=0, rank=0, world_size=1,
+                            shuffle=True, repeats=2)
+    batch = next(iter(batches.epoch(1)))[0]
+    assert not torch.equal(batch[0], batch[1])  # the two copies of one image, side by side in the batch

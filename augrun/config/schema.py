@@ -21,6 +21,7 @@ class AugConfig:
     backend: str = "auto"
     train: dict[str, Any] = field(default_factory=dict)
     batch: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1   # repeated augmentation (DeiT): each drawn image this many times per batch, with its own draws
 
 
 @dataclass
@@ -169,6 +170,7 @@ def check_ranges(cfg: TrainConfig) -> None:
     for key in CHOICES:
         section, _, name = key.rpartition(".")
         check_choice(key, getattr(getattr(cfg, section) if section else cfg, name))
+    check_at_least("aug.repeats", cfg.aug.repeats, 1)
     t = cfg.trainer
     check_at_least("trainer.epochs", t.epochs, 1)
     check_at_least("trainer.batch_size", t.batch_size, 1)

@@ -52,16 +52,25 @@ warnings.filterwarnings("ignore", message="This DataLoader will create")
 
 
 def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-               shuffle: bool = True, drop_last: bool = False) -> list[torch.Tensor]:
+               shuffle: bool = True, drop_last: bool = False, repeats: int = 1) -> list[torch.Tensor]:
     """This rank's image indices for each step of an epoch. `batch_size` is the global batch.
 
     A final global batch smaller than the world size cannot give every rank an image, so it is dropped (at most
     world_size - 1 images an epoch); `drop_last` drops any incomplete final batch (a fixed shape for torch.compile).
+
+    `repeats` (aug.repeats, DeiT's repeated augmentation): each drawn image comes `repeats` times in a row, so its
+    copies share a batch, and the epoch keeps its length (about num_samples / repeats images, each `repeats` times).
+    A copy's index is its image's plus copy * num_samples: its draws are seeded by that number, so the copies differ;
+    `image_index` gives the image back.
     """
     if shuffle:
         order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch)))
     else:
         order = torch.arange(num_samples)
+    if repeats > 1:
+        drawn = order[:-(-num_samples // repeats)]
+        copies = torch.arange(repeats).repeat(len(drawn)) * num_samples
+        order = (drawn.repeat_interleave(repeats) + copies)[:num_samples]
     plan = []
     for start in range(0, num_samples, batch_size):
         global_batch = order[start:start + batch_size]
@@ -69,6 +78,11 @@ def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank
             break
         plan.append(global_batch.tensor_split(world_size)[rank])
     return plan
+
+
+def image_index(index: int, num_samples: int) -> int:
+    """The image a plan's index (a repeated copy's included, see epoch_plan) stands for."""
+    return index % num_samples
 
 
 class BatchFinisher:
@@ -132,7 +146,8 @@ class AugmentedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
-        seed_image_draws(seed=self.seed, epoch=epoch, index=index)
+        seed_image_draws(seed=self.seed, epoch=epoch, index=index)  # a repeated copy's own index: its own draws
+        index = image_index(index, len(self.labels))
         return self.transform(Image.fromarray(self.pixels[index])), self.labels[index]
 
 
@@ -160,12 +175,12 @@ class WorkerBatches:
     """
 
     def __init__(self, data: ImageData, transform: Callable, finish: BatchFinisher, *, batch_size: int, workers: int,
-                 seed: int, rank: int, world_size: int, shuffle: bool, drop_last: bool = False):
+                 seed: int, rank: int, world_size: int, shuffle: bool, drop_last: bool = False, repeats: int = 1):
         self.dataset = AugmentedImages(data, transform, seed)
         self.finish = finish
         self.workers = workers
         self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
-                              drop_last=drop_last)
+                              drop_last=drop_last, repeats=repeats)
 
     def steps(self, epoch: int) -> int:
         return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
@@ -199,7 +214,8 @@ class DeviceBatches:
     """
 
     def __init__(self, data: ImageData, pipeline: Callable | None, finish: BatchFinisher, *, batch_size: int, seed: int,
-                 rank: int, world_size: int, shuffle: bool, drop_last: bool = False, overlap: bool = True):
+                 rank: int, world_size: int, shuffle: bool, drop_last: bool = False, overlap: bool = True,
+                 repeats: int = 1):
         self.images = data.images.to(finish.device)
         self.labels = data.labels.to(finish.device)
         self.pipeline = pipeline
@@ -208,7 +224,7 @@ class DeviceBatches:
         self.generator = torch.Generator(device=finish.device)
         self.side_stream = torch.cuda.Stream(finish.device) if overlap and finish.device.type == "cuda" else None
         self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
-                              drop_last=drop_last)
+                              drop_last=drop_last, repeats=repeats)
 
     def steps(self, epoch: int) -> int:
         return len(epoch_plan(len(self.labels), epoch=epoch, **self.plan_args))
@@ -218,7 +234,8 @@ class DeviceBatches:
         if start_step >= len(plan):
             return
         # one host-to-device copy of the epoch's indices, instead of one per step; pinned, so it does not wait for the GPU
-        indices = torch.cat(plan)
+        # repeated copies index their image (the step's generator gives each its own draws)
+        indices = image_index(torch.cat(plan), len(self.labels))
         if self.finish.device.type == "cuda":
             indices = indices.pin_memory()
         on_device = indices.to(self.finish.device, non_blocking=True)

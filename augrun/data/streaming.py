@@ -17,7 +17,7 @@ import torch
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec
 from augrun.augment.pixels import to_float
-from augrun.data.batches import Batch, BatchFinisher, epoch_plan, worker_batches
+from augrun.data.batches import Batch, BatchFinisher, epoch_plan, image_index, worker_batches
 from augrun.data.decoding import ImageFileError, open_rgb
 from augrun.data.photos import eval_transform, split_for_device, worker_transform
 from augrun.data.splits import FileData
@@ -60,7 +60,8 @@ class StreamedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        seed_image_draws(seed=self.seed, epoch=epoch, index=index)
+        seed_image_draws(seed=self.seed, epoch=epoch, index=index)  # a repeated copy's own index: its own draws
+        index = image_index(index, len(self.paths))
         try:
             photo = open_rgb(self.paths[index])
         except ImageFileError as error:
@@ -81,7 +82,7 @@ class StreamBatches:
 
     def __init__(self, data: FileData, transform: Callable, finish: BatchFinisher, *, device_pipeline: Callable | None,
                  normalize: bool, batch_size: int, workers: int, seed: int, rank: int, world_size: int, shuffle: bool,
-                 drop_last: bool = False):
+                 drop_last: bool = False, repeats: int = 1):
         self.dataset = StreamedImages(data, transform, seed)
         self.finish = finish
         self.device_pipeline = device_pipeline
@@ -90,7 +91,7 @@ class StreamBatches:
         self.seed, self.rank = seed, rank
         self.generator = torch.Generator(device=finish.device)
         self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
-                              drop_last=drop_last)
+                              drop_last=drop_last, repeats=repeats)
         # the fragmenting batch-sized tensors are host memory only when the batches stay on the CPU; on CUDA they live
         # on the device, and a heap scan per step would be pure cost
         self.trim = _heap_trimmer() if finish.device.type == "cpu" else (lambda *args: None)
@@ -119,7 +120,7 @@ class StreamBatches:
 
 def stream_sources(train: FileData, test: FileData, *, backend: str, train_ops: Sequence[OpSpec],
                    finish_train: BatchFinisher, finish_test: BatchFinisher, mean, std, eval_resize_ratio: float,
-                   workers: int, drop_last: bool, **shared) -> tuple[StreamBatches, StreamBatches]:
+                   workers: int, drop_last: bool, repeats: int = 1, **shared) -> tuple[StreamBatches, StreamBatches]:
     """The train and test sources of streamed photos for the resolved backend; `shared`: batch_size, seed, rank and
     world_size."""
     if backend == "gpu":
@@ -127,11 +128,12 @@ def stream_sources(train: FileData, test: FileData, *, backend: str, train_ops: 
         worker_ops, device_ops = split_for_device(train_ops)
         pipeline = build_pipeline(device_ops) if device_ops else None
         train_batches = StreamBatches(train, worker_transform(worker_ops), finish_train, device_pipeline=pipeline,
-                                      normalize=True, workers=workers, shuffle=True, drop_last=drop_last, **shared)
+                                      normalize=True, workers=workers, shuffle=True, drop_last=drop_last,
+                                      repeats=repeats, **shared)
     else:
         transform = cpu_backend.build_train_transform(train_ops, mean=mean, std=std)
         train_batches = StreamBatches(train, transform, finish_train, device_pipeline=None, normalize=False,
-                                      workers=workers, shuffle=True, drop_last=drop_last, **shared)
+                                      workers=workers, shuffle=True, drop_last=drop_last, repeats=repeats, **shared)
     test_batches = StreamBatches(test, eval_transform(test.image_size, eval_resize_ratio), finish_test,
                                  device_pipeline=None, normalize=True, workers=workers, shuffle=False, **shared)
     return train_batches, test_batches

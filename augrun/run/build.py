@@ -85,22 +85,26 @@ def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops
     # with gradient accumulation a batch is one micro-batch of an optimizer step's batch_size
     micro_batch = cfg.trainer.batch_size // cfg.trainer.accumulate_grad_batches
     shared = dict(batch_size=micro_batch, seed=cfg.seed, rank=rank, world_size=world)
+    repeats = cfg.aug.repeats  # training only: the test set is seen once
     if data.streamed:  # photo folders decoded per image each epoch (augrun/data/streaming.py)
         from augrun.data.streaming import stream_sources
         return stream_sources(data.train, data.test, backend=backend, train_ops=train_ops, finish_train=finish_train,
                               finish_test=finish_test, mean=mean, std=std, workers=cfg.trainer.workers,
-                              eval_resize_ratio=cfg.dataset.eval_resize_ratio, drop_last=compiling, **shared)
+                              eval_resize_ratio=cfg.dataset.eval_resize_ratio, drop_last=compiling, repeats=repeats,
+                              **shared)
     if backend == "gpu":
         if device.type == "cuda":
             nbytes = sum(part.images.nbytes + part.labels.nbytes for part in (data.train, data.test))
             check_fits_on_device(nbytes, torch.cuda.mem_get_info(device)[0], str(device))
         pipeline = build_pipeline(train_ops) if train_ops else None  # None: nothing to draw, no per-step reseed
-        train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, **shared)
+        train = DeviceBatches(data.train, pipeline, finish_train, shuffle=True, drop_last=compiling, repeats=repeats,
+                              **shared)
         test = DeviceBatches(data.test, None, finish_test, shuffle=False, **shared)
     else:
         workers = cfg.trainer.workers
         train = WorkerBatches(data.train, cpu_backend.build_train_transform(train_ops, mean=mean, std=std),
-                              finish_train, workers=workers, shuffle=True, drop_last=compiling, **shared)
+                              finish_train, workers=workers, shuffle=True, drop_last=compiling, repeats=repeats,
+                              **shared)
         test = WorkerBatches(data.test, cpu_backend.build_test_transform(mean=mean, std=std), finish_test,
                              workers=workers, shuffle=False, **shared)
     return train, test
