@@ -1,4 +1,4 @@
-"""augrun's command line: `augrun train|preview|compare|ops ...`.
+"""augrun's command line: `augrun train|eval|preview|compare|ops ...`.
 
 Hydra owns argv: main() takes the subcommand off sys.argv and hands the rest to the command. `augrun train` does its
 work in augrun.commands.train, the path it shares with the Python API (augrun.api); here that work's outcome becomes
@@ -21,6 +21,7 @@ USAGE = """usage: augrun <command> [hydra overrides]
 
 commands:
   train     train one experiment (augrun train aug=flip_only), or sweep with -m (augrun train -m aug=none,flip_only seed=0,1,2)
+  eval      score a run's weights on its test split (or another dataset's) into eval.json (augrun eval RUN_DIR)
   preview   write a PNG grid of augmented copies of an image (augrun preview aug=color_jitter [image=cat.jpg])
   compare   rebuild the comparison report of a finished sweep (augrun compare outputs/multirun/<date>/<time>)
   ops       list the augmentation ops an aug config accepts, or one in full (augrun ops ColorJitter)
@@ -45,6 +46,11 @@ def train_command(argv: list[str]) -> None:
 
 # Each command is imported when it runs, not when the command line starts: `augrun ops` must not load what `train`
 # needs (Hydra's plugins, torch).
+
+def eval_command(argv: list[str]) -> None:
+    from augrun.commands.eval import eval_command
+    eval_command(argv)
+
 
 def preview_command(argv: list[str]) -> None:
     from augrun.commands.preview import preview_command
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "preview": preview_command, "compare": compare_command, "ops": ops_command}
+    commands = {"train": train_command, "preview": preview_command, "compare": compare_command, "ops": ops_command,
+                "eval": eval_command}
     if command not in commands:
         fail(f"unknown command {command!r}; valid: {', '.join(commands)} (augrun --help)")
     try:

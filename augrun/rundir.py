@@ -18,6 +18,7 @@ METRICS_CSV = "metrics.csv"
 SUMMARY = "summary.json"
 CURVES = "curves.png"
 PREVIEW = "preview.png"
+EVAL = "eval.json"             # written by `augrun eval`, beside the run's own files, which it leaves as they are
 CONFIG_DIR = ".hydra"          # Hydra's copy of the run's config (hydra.output_subdir)
 CONFIG = "config.yaml"         # in CONFIG_DIR: the composed config
 OVERRIDES = "overrides.yaml"   # in CONFIG_DIR: the command line's overrides

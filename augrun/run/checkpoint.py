@@ -23,7 +23,8 @@ VERSION = 2  # 1: before the format marker (pickled numpy RNG state; loadable on
 # what a resume reads, and the type each must have
 REQUIRED = {"epoch": int, "next_step": int, "sums": torch.Tensor, "seconds": float, "model": dict, "optimizer": dict,
             "records": list, "total_seconds": float, "config": dict, "rng": dict}
-REMEDY = "valid: a checkpoint.pt written by this version of augrun, or resume=false in a new run directory"
+# what a resume can do instead of using a checkpoint it cannot read (another command that reads one says its own)
+START_FRESH = "resume=false in a new run directory"
 
 
 
@@ -37,28 +38,33 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         raise OSError(f"could not write {path} ({reason}); the previous checkpoint is kept") from None
 
 
-def load(path: Path) -> dict[str, Any]:
-    """The checkpoint at `path`, as data: a file that would need code to load, or is not augrun's, is refused."""
+def load(path: Path, *, key: str = "resume", otherwise: str = START_FRESH) -> dict[str, Any]:
+    """The checkpoint at `path`, as data: a file that would need code to load, or is not augrun's, is refused. A
+    refusal names `key` and says what the user can do `otherwise` (the reading command's alternative)."""
     if not path.is_file():
-        raise CheckpointError("resume", f"no {CHECKPOINT} in {path.parent}; valid: resume=true with hydra.run.dir set to a "
+        raise CheckpointError(key, f"no {CHECKPOINT} in {path.parent}; valid: resume=true with hydra.run.dir set to a "
                               "run directory that has one, or resume=false to start fresh")
-    state = load_as_data(path, error=CheckpointError, key="resume", what="an augrun checkpoint", remedy=REMEDY)
-    check_structure(state, path)
+    state = load_as_data(path, error=CheckpointError, key=key, what="an augrun checkpoint", remedy=_remedy(otherwise))
+    check_structure(state, path, key=key, otherwise=otherwise)
     return state
 
 
-def check_structure(state: Any, path: Path) -> None:
+def _remedy(otherwise: str) -> str:
+    return f"valid: a checkpoint.pt written by this version of augrun, or {otherwise}"
+
+
+def check_structure(state: Any, path: Path, *, key: str = "resume", otherwise: str = START_FRESH) -> None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError("resume", f"{path} is not an augrun checkpoint (a torch file without augrun's format "
-                              f"marker); {REMEDY}")
+        raise CheckpointError(key, f"{path} is not an augrun checkpoint (a torch file without augrun's format "
+                              f"marker); {_remedy(otherwise)}")
     if state.get("version") != VERSION:
-        raise CheckpointError("resume", f"{path} is an augrun checkpoint of format version {state.get('version')!r}, "
-                              f"this augrun reads version {VERSION}; valid: the augrun that wrote it, or resume=false")
-    for key, kind in REQUIRED.items():
-        value = state.get(key)
+        raise CheckpointError(key, f"{path} is an augrun checkpoint of format version {state.get('version')!r}, "
+                              f"this augrun reads version {VERSION}; valid: the augrun that wrote it, or {otherwise}")
+    for field, kind in REQUIRED.items():
+        value = state.get(field)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise CheckpointError("resume", f"{path} is damaged: '{key}' is {type(value).__name__}, expected "
-                                  f"{kind.__name__}; {REMEDY}")
+            raise CheckpointError(key, f"{path} is damaged: '{field}' is {type(value).__name__}, expected "
+                                  f"{kind.__name__}; {_remedy(otherwise)}")
 
 
 def rng_states() -> dict[str, Any]:
