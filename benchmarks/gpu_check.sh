@@ -11,6 +11,9 @@
 #   compile     throughput.py --compile at batch 1024 (b and c only: a was measured by `throughput`)
 #   recipe      the book's exact recipe, experiment=d2l_seed, on the JPEG copy (needs DATA_TAR): its final numbers
 #   ablation    one seed of the with/without sweep, experiment=aug_ablation seed=0, on the JPEG copy: comparison.md
+#   arch        the sequel's sweep, shortened: experiment=arch_ablation seed=0 trainer.epochs=3 (resnet18 and
+#               vit_tiny_cifar x none, flip_color_crop, deit, with fp16 + EMA + repeated augmentation), on the JPEG
+#               copy: wall time and comparison.md (needs timm on the machine: pip install timm, or its wheels carried)
 # Call 1: gpu_check.sh tests throughput fast stream    Call 2: gpu_check.sh compile recipe ablation
 # --cpu runs the same steps on a CPU-only machine, in --quick / tiny form.
 #
@@ -35,8 +38,8 @@ fi
 PARTS=("$@")
 ((${#PARTS[@]})) || PARTS=(tests throughput fast stream)
 for part in "${PARTS[@]}"; do
-    [[ $part =~ ^(tests|throughput|fast|compile|recipe|ablation|stream)$ ]] \
-        || { echo "unknown part '$part'; valid: tests throughput fast compile recipe ablation stream"; exit 2; }
+    [[ $part =~ ^(tests|throughput|fast|compile|recipe|ablation|arch|stream)$ ]] \
+        || { echo "unknown part '$part'; valid: tests throughput fast compile recipe ablation arch stream"; exit 2; }
 done
 wants() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/augrun-gpu-check}
@@ -50,6 +53,7 @@ BUDGET=${CHECK_BUDGET_S:-560}
 FAST_DIR=/tmp/augrun-fast
 RECIPE_DIR=/tmp/augrun-d2l
 ABLATION_DIR=/tmp/augrun-ablation
+ARCH_DIR=/tmp/augrun-arch
 DATA_DIR=/tmp/augrun-data
 export PYTHONUNBUFFERED=1  # progress lines reach the log as they happen
 mkdir -p "$OUT"
@@ -182,6 +186,20 @@ if wants ablation && have_data ablation; then
         "hydra.sweep.dir=$ABLATION_DIR"
     echo "ablation sweep wall time: $((SECONDS - t0))s" | tee "$OUT/ablation_wall.txt"
     [[ -f $ABLATION_DIR/comparison.md ]] && cp "$ABLATION_DIR/comparison.md" "$OUT/ablation_comparison.md"
+fi
+
+if wants arch && have_data arch; then
+    if "$PY" -c "import timm" 2>/dev/null; then
+        rm -rf "$ARCH_DIR"
+        t0=$SECONDS
+        step arch-sweep 420 "$PY" -m augrun train -m experiment=arch_ablation seed=0 trainer.epochs=3 \
+            trainer.precision=fp16 trainer.ema.decay=0.999 aug.repeats=2 "${JPEG[@]}" "${SMALL[@]}" \
+            "hydra.sweep.dir=$ARCH_DIR"
+        echo "arch sweep wall time: $((SECONDS - t0))s" | tee "$OUT/arch_wall.txt"
+        [[ -f $ARCH_DIR/comparison.md ]] && cp "$ARCH_DIR/comparison.md" "$OUT/arch_comparison.md"
+    else
+        echo "=== arch: skipped, timm is not installed for $PY"
+    fi
 fi
 
 # --- summary ----------------------------------------------------------------------------------------------------------

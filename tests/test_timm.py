@@ -1,5 +1,5 @@
 """timm's models: the presets at their image sizes, forward and backward on the CPU; runs with both backends, two-process
-DDP (gloo) and torch.compile; an unknown name and pretrained weights offline refused in one line."""
+DDP (gloo), and torch.compile on the GPU machine; an unknown name and pretrained weights offline refused in one line."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,11 +48,19 @@ def test_a_vit_trains_on_either_backend(backend: str, in_workdir: Path):
 
 
 @pytest.mark.slow
-def test_a_vit_trains_with_two_process_ddp_and_compiled(workdir: Path):
-    for name, extra in (("ddp", ["trainer.nprocs=2"]), ("compiled", ["trainer.compile=true"])):
-        result = run_augrun("train", *SMOKE, *SMALL_VIT, *extra, f"hydra.run.dir={name}", cwd=workdir)
-        assert result.returncode == 0, result.stderr
-        assert read_metrics(workdir / name)[-1]["epoch"] == 1
+def test_a_vit_trains_with_two_process_ddp(workdir: Path):
+    result = run_augrun("train", *SMOKE, *SMALL_VIT, "trainer.nprocs=2", "hydra.run.dir=ddp", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(workdir / "ddp")[-1]["epoch"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_vit_trains_compiled(workdir: Path):
+    """torch.compile of a ViT: on the GPU machine (on two CPU cores its compilation alone takes about 20 s)."""
+    result = run_augrun("train", *SMOKE, *SMALL_VIT, "trainer.compile=true", "hydra.run.dir=compiled", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(workdir / "compiled")[-1]["epoch"] == 1
 
 
 def test_an_unknown_timm_name_is_one_line_with_close_matches(in_workdir: Path):
