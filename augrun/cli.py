@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         # train_task hands later ones to the training loop (augrun.signals)
         from augrun.commands.train import before_hydra_runs
         signals.SignalFlag.installed().stop_at_once = before_hydra_runs
+    elif argv:
+        # the other commands have nothing to finish first: a signal stops them at once, in one line (their files are
+        # written atomically, so none is left half-written)
+        signals.SignalFlag.installed().stop_at_once = lambda frame: True
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     except signals.Stopped as stop:
         note, status = stop.note, stop.status
+        if command != "train":
+            note = f"{command} stopped by signal {stop.signum}"
     # exits here, not in the except block, so that the stop's frames (and DataLoader workers they hold) are let go
     if note:
         print(f"augrun: {note}", file=sys.stderr)

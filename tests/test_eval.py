@@ -200,3 +200,15 @@ def test_a_run_stopped_by_a_signal_is_evaluated_where_its_checkpoint_stands(in_w
     assert f"(weights=model, epoch 2, step {state['next_step']}) -> run/eval.json" in out
     assert 0.0 <= report["test_acc"] <= 1.0 and len(read_metrics(Path("run"))) == 1  # no record of these weights
     assert_only_eval_json_added(before, snapshot(Path("run")))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc to see the handler")
+def test_a_signal_stops_eval_in_one_line_and_writes_nothing(run: Path):
+    from test_signals import Augrun, wait_for_augrun_handler
+    before = snapshot(run)
+    evaluating = Augrun(run.parent, "eval", str(run))
+    wait_for_augrun_handler(evaluating)  # then torch's import takes seconds: the signal lands while eval works
+    evaluating.process.send_signal(signal.SIGTERM)
+    status, _, stderr = evaluating.finish()
+    assert status == 143 and stderr == "augrun: eval stopped by signal 15\n"
+    assert snapshot(run) == before
