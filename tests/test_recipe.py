@@ -157,6 +157,10 @@ def test_the_recipe_runs_under_ddp_and_on_the_gpu_backend(workdir: Path):
     ("trainer.ema.decay=1", "trainer.ema.decay: got 1.0; valid: 0 (off) or 0 < decay < 1"),
     ("trainer.precision=fp8", "trainer.precision: got 'fp8'; valid: auto, fp32, bf16, fp16"),
     ("trainer.sync_bn=true trainer.nprocs=2", "trainer.sync_bn: true, but SyncBatchNorm runs on GPUs only"),
+    ("trainer.batch_size=4 trainer.accumulate_grad_batches=4 trainer.nprocs=2",
+     "trainer.accumulate_grad_batches: a batch of 1 image(s) (trainer.batch_size=4 / accumulate_grad_batches=4) "
+     "cannot feed 2 processes"),
+    ("trainer.batch_size=1 trainer.nprocs=2", "trainer.batch_size: a batch of 1 image(s)"),
 ])
 def test_bad_recipe_settings_are_one_line(override: str, expected: str, in_workdir: Path):
     from helpers import refusal

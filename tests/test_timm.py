@@ -72,6 +72,7 @@ def test_an_unknown_timm_name_is_one_line_with_close_matches(in_workdir: Path):
     ("+model.options.bogus=1", "model.options: resnet18 refuses them"),
     ("model.drop_path_rate=1.5", "model.drop_path_rate: got 1.5; valid: 0 <= value < 1"),
     ("model.source=keras", "model.source: got 'keras'; valid: augrun, timm"),
+    ("+model.options.num_classes=5", "model.options.num_classes: is set by augrun (the dataset's classes)"),
 ])
 def test_bad_timm_settings_are_one_line(override: str, expected: str, in_workdir: Path):
     assert refusal(*SMOKE, "model=timm", "model.name=resnet18", override).startswith(expected)

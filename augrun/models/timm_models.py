@@ -19,6 +19,10 @@ from torch import nn
 from augrun.errors import ConfigError, first_line
 
 HUB_TIMEOUT_S = 5.0
+# create_model's arguments that augrun sets itself, and from what
+SET_BY_AUGRUN = {"num_classes": "the dataset's classes", "in_chans": "the dataset's channels",
+                 "img_size": "dataset.image_size", "pretrained": "model.pretrained",
+                 "drop_path_rate": "model.drop_path_rate"}
 INSTALL = "pip install 'augrun[timm]'"
 
 
@@ -68,6 +72,10 @@ def build_timm_model(name: str, *, in_channels: int, num_classes: int, image_siz
                      drop_path_rate: float, options: dict[str, Any]) -> nn.Module:
     """timm.create_model(name) for this dataset. `options`: more of create_model's keyword arguments (patch_size=4)."""
     import timm
+    taken = sorted(set(options) & set(SET_BY_AUGRUN))
+    if taken:
+        raise ConfigError(f"model.options.{taken[0]}", f"is set by augrun ({SET_BY_AUGRUN[taken[0]]}); valid: "
+                          "leave it out of model.options")
     arguments = dict(options, num_classes=num_classes, in_chans=in_channels, pretrained=pretrained)
     if drop_path_rate:
         arguments["drop_path_rate"] = drop_path_rate

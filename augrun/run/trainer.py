@@ -91,6 +91,13 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
     if warning:
         warn(warning)
     check_logger(cfg.logger)
+    t = cfg.trainer
+    if t.batch_size // t.accumulate_grad_batches < placement.nprocs:  # a process without images cannot step
+        key = "trainer.accumulate_grad_batches" if t.accumulate_grad_batches > 1 else "trainer.batch_size"
+        raise ConfigError(key, f"a batch of {t.batch_size // t.accumulate_grad_batches} image(s) (trainer.batch_size="
+                          f"{t.batch_size} / accumulate_grad_batches={t.accumulate_grad_batches}) cannot feed "
+                          f"{placement.nprocs} processes; valid: trainer.batch_size >= "
+                          f"{t.accumulate_grad_batches * placement.nprocs}, or fewer micro-batches or processes")
     if cfg.trainer.sync_bn and placement.kind == "cpu" and placement.nprocs > 1:
         raise ConfigError("trainer.sync_bn", f"true, but SyncBatchNorm runs on GPUs only, and this run has "
                           f"{placement.nprocs} processes on the CPU; valid: trainer.sync_bn=false on the CPU")
