@@ -216,6 +216,7 @@ def test_a_store_that_fails_mid_run_is_said_once_and_training_goes_on(workdir: P
     ("sqlite:///{tmp}", "logger.tracking_uri: sqlite:///{tmp} is a directory, not a database file"),
     ("bogus://x", "logger.tracking_uri: bogus://x: MLflow knows no bogus:// store; valid: sqlite:///"),
     ("mlruns", "logger.tracking_uri: {tmp}/mlruns is a folder, MLflow's file store"),
+    ("sqlite:///:memory:", "logger.tracking_uri: sqlite:///:memory: keeps the runs in memory"),
 ])
 def test_a_store_that_cannot_be_used_is_refused_before_anything_is_created(uri, expected, in_workdir: Path):
     (in_workdir / "a-file").write_text("not a folder")

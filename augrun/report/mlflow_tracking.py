@@ -89,6 +89,8 @@ def _check_installed() -> None:
 
 def _check_sqlite(path: Path) -> None:
     import sqlite3
+    if str(path) == ":memory:":  # one database per process: the runs would vanish with it, and a sweep's jobs differ
+        raise ConfigError(KEY, f"sqlite:///:memory: keeps the runs in memory, lost when augrun ends; {VALID}")
     if path.is_dir():
         raise ConfigError(KEY, f"sqlite:///{path} is a directory, not a database file; valid: a .db file path")
     if not path.exists():
