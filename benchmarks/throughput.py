@@ -214,7 +214,7 @@ class Trainer:
         self.optimizer = build_optimizer("adam", params_of or model, lr=LR, weight_decay=0.0, momentum=0.9,
                                          nesterov=False)
         # one optimizer step per batch, no clipping, scaling or average: the book's plain step
-        self.updater = Updater(params_of or model, self.optimizer, None, None, 1, None, None, micro_steps=1 << 62)
+        self.updater = Updater(params_of or model, self.optimizer, None, None, 1, 0.0, None, micro_steps=1 << 62)
         self.amp_dtype = amp_dtype
         self.state = EpochState.fresh(device)
         self.loss_kwargs = loss_arguments()

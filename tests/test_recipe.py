@@ -41,7 +41,7 @@ def test_the_averaged_weights_are_the_hand_computed_average(warmup: bool):
 
 def one_epoch(model: nn.Module, batches: list, *, accumulate: int, sum_loss: bool = False) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    updater = Updater(model, optimizer, None, None, accumulate, None, None, micro_steps=len(batches))
+    updater = Updater(model, optimizer, None, None, accumulate, 0.0, None, micro_steps=len(batches))
     train_one_epoch(model, batches, EpochState.fresh(torch.device("cpu")), epoch=1, updater=updater,
                     loss_fn=nn.CrossEntropyLoss(reduction="none"), sum_loss=sum_loss, world_size=1, amp_dtype=None,
                     progress_every=1 << 30, on_progress=lambda *a: None, stop_requested=lambda: False)
@@ -85,7 +85,7 @@ def test_fp16s_loss_scale_skips_a_step_with_inf_gradients():
     model = nn.Linear(2, 1)
     before = [p.detach().clone() for p in model.parameters()]
     scaler = torch.amp.GradScaler("cpu")
-    updater = Updater(model, torch.optim.SGD(model.parameters(), lr=0.1), None, scaler, 1, None, None, micro_steps=1)
+    updater = Updater(model, torch.optim.SGD(model.parameters(), lr=0.1), None, scaler, 1, 0.0, None, micro_steps=1)
     scale = scaler.get_scale()
     updater.backward(model(torch.tensor([[float("inf"), 1.0]])).sum())
     updater.step()
@@ -153,7 +153,7 @@ def test_the_recipe_runs_under_ddp_and_on_the_gpu_backend(workdir: Path):
 @pytest.mark.parametrize("override, expected", [
     ("trainer.accumulate_grad_batches=3", "trainer.accumulate_grad_batches: 3 does not divide trainer.batch_size=64"),
     ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: "),
-    ("trainer.clip_grad_norm=0", "trainer.clip_grad_norm: got 0.0; valid: a norm > 0"),
+    ("trainer.clip_grad_norm=-1", "trainer.clip_grad_norm: got -1.0; valid: a norm > 0, or 0 (off)"),
     ("trainer.ema.decay=1", "trainer.ema.decay: got 1.0; valid: 0 (off) or 0 < decay < 1"),
     ("trainer.precision=fp8", "trainer.precision: got 'fp8'; valid: auto, fp32, bf16, fp16"),
     ("trainer.sync_bn=true trainer.nprocs=2", "trainer.sync_bn: true, but SyncBatchNorm runs on GPUs only"),

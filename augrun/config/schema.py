@@ -94,7 +94,7 @@ class TrainerConfig:
     progress_updates: int = 10
     threads: Optional[int] = None
     rendezvous_timeout_s: float = 600.0
-    clip_grad_norm: Optional[float] = None  # clip the gradients' global L2 norm to this before each step; null: off
+    clip_grad_norm: float = 0.0             # clip the gradients' global L2 norm to this before each step; 0: off
     accumulate_grad_batches: int = 1        # micro-batches per optimizer step; batch_size stays the batch of a step
     sync_bn: bool = False                   # batch-norm statistics over every rank's images under DDP
     ema: EmaConfig = field(default_factory=EmaConfig)
@@ -185,8 +185,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError("trainer.accumulate_grad_batches", f"{t.accumulate_grad_batches} does not divide "
                           f"trainer.batch_size={t.batch_size} (the batch of one optimizer step); valid: a divisor "
                           "of it, e.g. 1, 2 or 4")
-    if t.clip_grad_norm is not None and not t.clip_grad_norm > 0:
-        raise ConfigError("trainer.clip_grad_norm", f"got {t.clip_grad_norm}; valid: a norm > 0, or null (off)")
+    if not t.clip_grad_norm >= 0:
+        raise ConfigError("trainer.clip_grad_norm", f"got {t.clip_grad_norm}; valid: a norm > 0, or 0 (off)")
     if not 0.0 <= t.ema.decay < 1.0:
         raise ConfigError("trainer.ema.decay", f"got {t.ema.decay}; valid: 0 (off) or 0 < decay < 1, e.g. 0.9998")
     if not 0.0 <= t.label_smoothing < 1.0:

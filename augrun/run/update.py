@@ -17,7 +17,7 @@ class Updater:
     scheduler: object | None              # stepped once per optimizer step
     scaler: torch.amp.GradScaler | None   # fp16: the loss is scaled, and a step with inf/NaN gradients is skipped
     accumulate: int                       # micro-batches per optimizer step (trainer.accumulate_grad_batches)
-    clip_grad_norm: float | None
+    clip_grad_norm: float                 # 0: off (as every off switch of the config)
     ema: ModelEma | None
     micro_steps: int                      # micro-batches per epoch, so the epoch's last window knows its size
 
@@ -35,7 +35,7 @@ class Updater:
     def step(self) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clipping needs the true gradients
-        if self.clip_grad_norm is not None:
+        if self.clip_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
