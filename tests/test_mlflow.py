@@ -48,7 +48,9 @@ def artifacts(uri: str, run_id: str) -> list[str]:
 
 def test_a_run_is_one_mlflow_run_with_its_config_metrics_tags_and_files(in_workdir: Path):
     uri = store(in_workdir)
-    main(["train", *RUN, "trainer.epochs=2", "optim.lr=0.002", f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
+    main(["train", *SMOKE, "trainer.workers=0", "logger=[tensorboard,mlflow]", "trainer.epochs=2", "optim.lr=0.002",
+          f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
+    assert any((in_workdir / "run" / "tensorboard").iterdir())  # both trackers at once
     (run,) = runs_of(uri)
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -99,7 +101,8 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job_and_the_comparison(in_work
 
 
 @pytest.mark.slow
-def test_a_stopped_sweep_is_killed_and_its_resume_goes_on_in_the_same_runs(workdir: Path, marker_hooks: Path):
+def test_a_stopped_sweep_is_killed_and_its_resume_goes_on_in_the_same_runs(in_workdir: Path, marker_hooks: Path):
+    workdir = in_workdir
     uri = store(workdir)
     command = ["train", "-m", *RUN, "trainer.epochs=3", "seed=0", f"logger.tracking_uri={uri}", "hydra.sweep.dir=sweep"]
     run = Augrun(workdir, *command, hooks=marker_hooks)
@@ -112,8 +115,7 @@ def test_a_stopped_sweep_is_killed_and_its_resume_goes_on_in_the_same_runs(workd
     (job,) = [r for r in stopped.values() if "mlflow.parentRunId" in r.data.tags]
     assert [step for step, _ in steps(uri, job.info.run_id, "train_loss")] == [1]
 
-    resumed = run_augrun(*command, "resume=true", cwd=workdir)
-    assert resumed.returncode == 0, resumed.stderr
+    main([*command, "resume=true"])  # in this process: its exit status is not the point here
     finished = {r.info.run_id: r for r in runs_of(uri)}
     assert finished.keys() == stopped.keys()  # the same two runs, not new ones
     assert all(r.info.status == "FINISHED" for r in finished.values())
@@ -234,13 +236,6 @@ def test_an_empty_experiment_name_is_refused(in_workdir: Path):
 def test_an_unknown_logger_names_the_options(in_workdir: Path):
     message = refusal(*SMOKE, "logger=mlflw")
     assert "logger" in message and "mlflow" in message and "tensorboard" in message
-
-
-def test_several_loggers_at_once(in_workdir: Path):
-    uri = store(in_workdir)
-    main(["train", *SMOKE, "trainer.workers=0", "trainer.epochs=1", "logger=[tensorboard,mlflow]",
-          f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
-    assert len(runs_of(uri)) == 1 and any((in_workdir / "run" / "tensorboard").iterdir())
 
 
 def test_a_failed_run_is_failed_in_mlflow_with_its_error(in_workdir: Path):
