@@ -68,4 +68,8 @@ def test_the_verdict_says_which_model_gains_most_and_whether_beyond_noise():
 
 
 def test_no_gain_section_without_exactly_one_other_swept_key():
-    assert gains_lines(Report([group("a", "deit", 0.1, 0.01)], [])) == []  # one model: nothing to compare across
+    gains = [group("resnet18", "deit", 0.02, 0.01), group("vit", "deit", 0.15, 0.02)]
+    assert len(gains_lines(Report(gains, []))) == 1
+    for g, optim in zip(gains, ("adam", "sgd")):  # a second swept key: gains by which of the two is ambiguous
+        g.key["optim"] = optim
+    assert gains_lines(Report(gains, [])) == []

@@ -33,7 +33,7 @@ def test_the_averaged_weights_are_the_hand_computed_average(warmup: bool):
                 p.add_(t + 1.0)
         decay = min(0.9, (1 + t) / (10 + t)) if warmup else 0.9
         expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, model.parameters())]
-        ema.update(model)
+        ema.update()
     for average, value in zip(ema.module.parameters(), expected):
         torch.testing.assert_close(average, value)
     assert not any(p.requires_grad for p in ema.module.parameters())

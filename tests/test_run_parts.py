@@ -83,7 +83,7 @@ RECORDS = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 * e, "test_acc":
 
 
 def test_outputs_fed_epoch_by_epoch_write_every_file(tmp_path: Path, capsys):
-    outputs = RunOutputs(tmp_path, epochs=2, devices=["cpu"], tensorboard=False)
+    outputs = RunOutputs(tmp_path, epochs=2, devices=["cpu"])
     for count in (1, 2):
         outputs.epoch_finished(RECORDS[:count])
     outputs.completed(RECORDS, total_seconds=2.5)
@@ -95,7 +95,7 @@ def test_outputs_fed_epoch_by_epoch_write_every_file(tmp_path: Path, capsys):
 
 
 def test_a_stop_is_written_as_stopped_with_the_resume_command(tmp_path: Path, capsys):
-    RunOutputs(tmp_path, epochs=2, devices=["cpu"], tensorboard=False).stopped(15, "at epoch 2, step 1", RECORDS[:1], 1.0)
+    RunOutputs(tmp_path, epochs=2, devices=["cpu"]).stopped(15, "at epoch 2, step 1", RECORDS[:1], 1.0)
     assert json.loads((tmp_path / rundir.SUMMARY).read_text())["status"] == "stopped"
     assert f"hydra.run.dir={tmp_path} resume=true" in capsys.readouterr().out
 

@@ -31,6 +31,7 @@ from typing import Any
 from augrun import rundir
 from augrun.errors import ConfigError, first_line
 from augrun.files import write_text_atomic
+from augrun.report.tracker import Tracker
 
 KEY = "logger.tracking_uri"
 DEFAULT_DB = Path("outputs") / "mlflow.db"
@@ -261,7 +262,7 @@ def _say_failed(error: BaseException) -> None:
               "on, and its own files in the run directory are complete", file=sys.stderr)
 
 
-class MlflowTracker:
+class MlflowTracker(Tracker):
     """One run in MLflow, fed by RunOutputs on rank 0. Every call is guarded: the first failure is said once and the
     tracker goes quiet, training goes on."""
 

@@ -10,8 +10,7 @@ from augrun import environment as env
 from augrun import rundir, signals
 from augrun.report.console import RunConsole
 from augrun.report.metrics_files import FINAL_NUMBERS, MetricsFiles
-from augrun.report.mlflow_tracking import MlflowTracker
-from augrun.report.trackers import TensorBoardLog
+from augrun.report.tracker import Tracker
 
 # A CPU run projected to take longer than this is told so once, with faster settings (the default ResNet-18 on
 # CIFAR-10 runs ~20 images/s on 2 cores: about 7 hours). Read at each run, so a test can lower it.
@@ -51,15 +50,14 @@ def cpu_time_note(images_per_s: float, images_left: float, *, threshold_s: float
 
 
 class RunOutputs:
-    def __init__(self, run_dir: Path, *, epochs: int, devices: list[str], tensorboard: bool,
-                 mlflow: MlflowTracker | None = None, environment: dict[str, Any] | None = None,
-                 cpu_images_per_epoch: int | None = None):
-        """`cpu_images_per_epoch`: set on a CPU run, whose first progress update then projects its duration."""
+    def __init__(self, run_dir: Path, *, epochs: int, devices: list[str], trackers: list[Tracker] = (),
+                 environment: dict[str, Any] | None = None, cpu_images_per_epoch: int | None = None):
+        """`trackers`: TensorBoard, MLflow (logger=); `cpu_images_per_epoch`: set on a CPU run, whose first progress
+        update then projects its duration."""
         self.run_dir, self.epochs, self.devices, self.environment = run_dir, epochs, devices, environment
         self.console = RunConsole()
         self.files = MetricsFiles(run_dir)
-        self.tensorboard = TensorBoardLog(run_dir) if tensorboard else None
-        self.mlflow = mlflow
+        self.trackers = list(trackers)
         self.cpu_images_per_epoch = cpu_images_per_epoch
         self.epoch, self.steps = 1, 1
 
@@ -67,19 +65,19 @@ class RunOutputs:
         self.console.note(message)
 
     def started(self) -> None:
-        if self.mlflow is not None:
-            self.mlflow.start(None, [])
+        for tracker in self.trackers:
+            tracker.start(None, [])
 
     def resumed(self, records: list[dict[str, Any]], epoch: int, step: int, tracking: dict[str, Any] | None) -> None:
         """`tracking`: what the checkpoint kept of the trackers (the MLflow run to go on in)."""
         self.files.rewrite(records)  # epochs logged after this checkpoint (a kill before the next one) are redone
         self.console.note(f"resuming {self.run_dir} at epoch {epoch}, step {step}")
-        if self.mlflow is not None:
-            self.mlflow.start(tracking, records)
+        for tracker in self.trackers:
+            tracker.start(tracking, records)
 
     def tracking_state(self) -> dict[str, Any]:
         """What the checkpoint keeps of the trackers."""
-        return self.mlflow.state() if self.mlflow is not None else {}
+        return {key: value for tracker in self.trackers for key, value in tracker.state().items()}
 
     def epoch_started(self, epoch: int, steps: int, done: int) -> None:
         self.epoch, self.steps = epoch, steps
@@ -102,10 +100,8 @@ class RunOutputs:
         record = records[-1]
         self.files.append(record, records[:-1])
         self.console.epoch_row(record)
-        if self.tensorboard is not None:
-            self.tensorboard.log(record)
-        if self.mlflow is not None:
-            self.mlflow.log_epoch(record)
+        for tracker in self.trackers:
+            tracker.log_epoch(record)
         from augrun.report.curves import plot_curves  # matplotlib: imported by the rank that draws
         plot_curves(records, self.run_dir / rundir.CURVES, epochs=self.epochs)
 
@@ -113,8 +109,8 @@ class RunOutputs:
         self.files.write_summary(summary("stopped", records, self.epochs, None, self.devices, total_seconds,
                                          environment=self.environment))
         self.console.note(f"stopped by signal {signum} {where}; checkpoint saved. {signals.resume_hint(self.run_dir)}")
-        if self.mlflow is not None:
-            self.mlflow.end("stopped")
+        for tracker in self.trackers:
+            tracker.end("stopped")
 
     def completed(self, records: list[dict[str, Any]], total_seconds: float) -> None:
         examples = sum(r["examples_per_s"] * r["seconds"] for r in records)
@@ -122,13 +118,13 @@ class RunOutputs:
         self.console.final_lines(records[-1], examples_per_s, self.devices)
         self.files.write_summary(summary("completed", records, self.epochs, examples_per_s, self.devices,
                                          total_seconds, environment=self.environment))
-        if self.mlflow is not None:
-            self.mlflow.end("completed")
+        for tracker in self.trackers:
+            tracker.end("completed")
 
     def failed(self, message: str) -> None:
         """The run failed while training (its summary.json is written by the process that launched it)."""
-        if self.mlflow is not None:
-            self.mlflow.end("failed", message)
+        for tracker in self.trackers:
+            tracker.end("failed", message)
 
 
 def _nothing(self, *args: Any, **kwargs: Any) -> None:

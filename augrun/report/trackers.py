@@ -9,16 +9,17 @@ from typing import Any
 from augrun.config.schema import LoggerConfig
 from augrun.errors import ConfigError
 from augrun.report.metrics_files import metric_fields
+from augrun.report.tracker import Tracker
 
 
-class TensorBoardLog:
+class TensorBoardLog(Tracker):
     """logger=tensorboard: the per-epoch scalars as event files in the run directory (`tensorboard --logdir outputs/`)."""
 
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: dict[str, Any]) -> None:
         for name in metric_fields(record)[1:]:
             if record[name] is not None:  # test metrics of an epoch without evaluation (trainer.eval_every)
                 self.writer.add_scalar(name, record[name], global_step=record["epoch"])

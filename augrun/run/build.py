@@ -29,14 +29,24 @@ class BuiltRun:
     model: nn.Module          # the bare model: its state_dict is what a checkpoint holds
     wrapped: nn.Module        # DDP / DataParallel around it: evaluation runs this (eager)
     trained: nn.Module        # `wrapped`, compiled when asked: training runs this
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     loss_fn: nn.Module        # per-image losses; the engine reduces them
     amp_dtype: torch.dtype | None
     train_batches: DeviceBatches | WorkerBatches  # or augrun.data.streaming.StreamBatches for streamed photos
     test_batches: DeviceBatches | WorkerBatches
     updater: Updater          # gradients to weights: loss scale, accumulation, clipping, optimizer, schedule, EMA
-    steps: int                # training steps (micro-batches) per epoch on this rank
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.updater.optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
+        return self.updater.scheduler
+
+    @property
+    def steps(self) -> int:
+        """Training steps (micro-batches) per epoch on this rank."""
+        return self.updater.micro_steps
 
 
 def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Sequence[OpSpec],
@@ -67,8 +77,8 @@ def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Se
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
     updater = Updater(model, optimizer, scheduler, scaler, t.accumulate_grad_batches, t.clip_grad_norm, ema,
                       micro_steps)
-    return BuiltRun(model, wrapped, trained, optimizer, scheduler, loss_fn, amp_dtype(t.precision, device),
-                    train_batches, test_batches, updater, micro_steps)
+    return BuiltRun(model, wrapped, trained, loss_fn, amp_dtype(t.precision, device), train_batches, test_batches,
+                    updater)
 
 
 def batch_sources(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Sequence[OpSpec],

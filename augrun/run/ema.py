@@ -19,23 +19,22 @@ class ModelEma:
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.decay, self.warmup, self.updates = decay, warmup, 0
+        # paired once, not at every step: the floating parameters (averaged) and the buffers (copied)
+        pairs = [(a, w) for a, w in zip(self.module.parameters(), model.parameters()) if a.is_floating_point()]
+        self._averages, self._weights = [a for a, _ in pairs], [w for _, w in pairs]
+        self._buffers, self._sources = list(self.module.buffers()), list(model.buffers())
 
     def current_decay(self) -> float:
         t = self.updates
         return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        decay = self.current_decay()
-        averages, weights = [], []
-        for average, weight in zip(self.module.parameters(), model.parameters()):
-            if average.is_floating_point():
-                averages.append(average)
-                weights.append(weight.detach())
-        if averages:
-            torch._foreach_lerp_(averages, weights, 1.0 - decay)
-        for average, weight in zip(self.module.buffers(), model.buffers()):
-            average.copy_(weight)
+    def update(self) -> None:
+        """After an optimizer step of the model it was made from."""
+        if self._averages:
+            torch._foreach_lerp_(self._averages, self._weights, 1.0 - self.current_decay())
+        if self._buffers:
+            torch._foreach_copy_(self._buffers, self._sources)
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:

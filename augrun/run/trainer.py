@@ -26,7 +26,8 @@ from augrun.models.timm_models import check_timm_model
 from augrun.report.drawing import write_run_preview
 from augrun.report.mlflow_tracking import MlflowTracker
 from augrun.report.run_outputs import NoOutputs, RunOutputs
-from augrun.report.trackers import check_logger
+from augrun.report.tracker import Tracker
+from augrun.report.trackers import TensorBoardLog, check_logger
 from augrun.run import checkpoint, distributed, dryrun, launchers
 from augrun.run.build import BuiltRun, build_run
 from augrun.run.engine import evaluate, train_one_epoch
@@ -222,9 +223,14 @@ def _main_outputs(p: Prepared, device: torch.device) -> RunOutputs:
     where = environment.gather(device_kind=device.type, gpu_indices=p.placement.gpu_indices,
                                threads=torch.get_num_threads(), command=p.command)
     return RunOutputs(p.run_dir, epochs=p.cfg.trainer.epochs, devices=p.placement.device_names(),
-                      tensorboard=p.cfg.logger.tensorboard, mlflow=_mlflow_tracker(p, where) if p.cfg.logger.mlflow
-                      else None, environment=where,
+                      trackers=_trackers(p, where), environment=where,
                       cpu_images_per_epoch=len(p.data.train) if device.type == "cpu" else None)
+
+
+def _trackers(p: Prepared, where: dict[str, Any]) -> list[Tracker]:
+    """The trackers logger= chose (several at once as a list)."""
+    return ([TensorBoardLog(p.run_dir)] if p.cfg.logger.tensorboard else []) + (
+        [_mlflow_tracker(p, where)] if p.cfg.logger.mlflow else [])
 
 
 def _mlflow_tracker(p: Prepared, where: dict[str, Any]) -> MlflowTracker:

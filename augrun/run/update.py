@@ -46,4 +46,4 @@ class Updater:
         if self.scheduler is not None:
             self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update()
