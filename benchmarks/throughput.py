@@ -214,7 +214,8 @@ class Trainer:
         self.optimizer = build_optimizer("adam", params_of or model, lr=LR, weight_decay=0.0, momentum=0.9,
                                          nesterov=False)
         # one optimizer step per batch, no clipping, scaling or average: the book's plain step
-        self.updater = Updater(params_of or model, self.optimizer, None, None, 1, 0.0, None, micro_steps=1 << 62)
+        # (no epoch plan: with one micro-batch per step the Updater needs no batch lengths)
+        self.updater = Updater(params_of or model, self.optimizer, None, None, 1, 0.0, None, [])
         self.amp_dtype = amp_dtype
         self.state = EpochState.fresh(device)
         self.loss_kwargs = loss_arguments()

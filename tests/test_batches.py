@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from augrun.augment.gpu import ColorJitter, GpuPipeline, MixUp, RandomHorizontalFlip, RandomResizedCrop
-from augrun.data.batches import BatchFinisher, DeviceBatches, check_fits_on_device, epoch_plan
+from augrun.data.batches import BatchFinisher, DeviceBatches, batch_lengths, check_fits_on_device, epoch_plan
 from augrun.data.datasets import DataError, make_synthetic
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -34,6 +34,14 @@ def test_plan_is_a_function_of_seed_and_epoch_and_drop_last_keeps_full_batches()
     assert torch.equal(torch.cat(epoch_plan(10, 4, seed=0, epoch=1, shuffle=False)), torch.arange(10))
 
 
+@pytest.mark.parametrize("world_size,drop_last", [(1, False), (3, False), (8, False), (3, True)])
+def test_batch_lengths_are_each_ranks_plan_lengths(world_size: int, drop_last: bool):
+    """The Updater divides each micro-batch's loss by its step's images from batch_lengths, never by looking ahead."""
+    for rank in range(world_size):
+        plan = epoch_plan(100, 32, seed=0, epoch=1, rank=rank, world_size=world_size, drop_last=drop_last)
+        assert batch_lengths(100, 32, rank=rank, world_size=world_size, drop_last=drop_last) == [len(b) for b in plan]
+
+
 def device_batches(device: torch.device, *, overlap: bool = True, batch_ops=()) -> DeviceBatches:
     data = make_synthetic(image_size=32, channels=3, num_classes=10, train_size=200, test_size=10).train
     pipeline = GpuPipeline([RandomHorizontalFlip(), ColorJitter(0.5, 0.5, 0.5, 0.5), RandomResizedCrop(32)])
@@ -58,7 +66,7 @@ ACROSS_STREAMS = 1e-5
 def test_batches_are_seeded_per_step_so_a_resumed_epoch_continues_exactly():
     batches = device_batches(torch.device("cpu"))
     whole = list(batches.epoch(2))
-    assert [len(t) for _, t in whole] == [64, 64, 64, 8] and batches.steps(2) == 4
+    assert [len(t) for _, t in whole] == [64, 64, 64, 8] and batches.batch_lengths() == [64, 64, 64, 8]
     assert_same_batches(list(batches.epoch(2, start_step=2)), whole[2:])
     assert list(batches.epoch(2, start_step=4)) == []
     assert all(images.dtype == torch.float32 and images.shape[1:] == (3, 32, 32) for images, _ in whole)

@@ -41,7 +41,7 @@ def test_the_averaged_weights_are_the_hand_computed_average(warmup: bool):
 
 def one_epoch(model: nn.Module, batches: list, *, accumulate: int, sum_loss: bool = False) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    updater = Updater(model, optimizer, None, None, accumulate, 0.0, None, micro_steps=len(batches))
+    updater = Updater(model, optimizer, None, None, accumulate, 0.0, None, [len(b[0]) for b in batches])
     train_one_epoch(model, batches, EpochState.fresh(torch.device("cpu")), epoch=1, updater=updater,
                     loss_fn=nn.CrossEntropyLoss(reduction="none"), sum_loss=sum_loss, world_size=1, amp_dtype=None,
                     progress_every=1 << 30, on_progress=lambda *a: None, stop_requested=lambda: False)
@@ -55,6 +55,19 @@ def test_k_micro_batches_give_the_update_of_one_batch_k_times_larger(sum_loss: b
     split.load_state_dict(whole.state_dict())
     one_epoch(whole, [(images, labels)], accumulate=1, sum_loss=sum_loss)
     one_epoch(split, [(images[i:i + 4], labels[i:i + 4]) for i in (0, 4, 8)], accumulate=3, sum_loss=sum_loss)
+    for a, b in zip(whole.parameters(), split.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_smaller_last_micro_batch_counts_per_image_as_in_one_batch():
+    """10 images as micro-batches of 4, 4 and 2: the step is the mean over the 10 images, not over 3 micro-batch means
+    (which would weigh each of the last two images twice as much)."""
+    torch.manual_seed(0)
+    images, labels = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    whole, split = nn.Linear(5, 3), nn.Linear(5, 3)
+    split.load_state_dict(whole.state_dict())
+    one_epoch(whole, [(images, labels)], accumulate=1)
+    one_epoch(split, [(images[i:i + 4], labels[i:i + 4]) for i in (0, 4, 8)], accumulate=3)
     for a, b in zip(whole.parameters(), split.parameters()):
         torch.testing.assert_close(a, b)
 
@@ -75,7 +88,7 @@ def test_clip_grad_norm_bounds_the_step():
     model = nn.Linear(4, 1, bias=False)
     before = model.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    updater = Updater(model, optimizer, None, None, 1, 0.5, None, micro_steps=1)
+    updater = Updater(model, optimizer, None, None, 1, 0.5, None, [1])
     updater.backward((model(torch.full((1, 4), 100.0)) ** 2).sum())  # a gradient norm in the tens of thousands
     updater.step()
     assert torch.linalg.vector_norm(model.weight.detach() - before).item() == pytest.approx(0.5, rel=1e-5)
@@ -85,7 +98,7 @@ def test_fp16s_loss_scale_skips_a_step_with_inf_gradients():
     model = nn.Linear(2, 1)
     before = [p.detach().clone() for p in model.parameters()]
     scaler = torch.amp.GradScaler("cpu")
-    updater = Updater(model, torch.optim.SGD(model.parameters(), lr=0.1), None, scaler, 1, 0.0, None, micro_steps=1)
+    updater = Updater(model, torch.optim.SGD(model.parameters(), lr=0.1), None, scaler, 1, 0.0, None, [1])
     scale = scaler.get_scale()
     updater.backward(model(torch.tensor([[float("inf"), 1.0]])).sum())
     updater.step()

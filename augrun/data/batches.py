@@ -72,12 +72,29 @@ def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank
         copies = torch.arange(repeats).repeat(len(drawn)) * num_samples
         order = (drawn.repeat_interleave(repeats) + copies)[:num_samples]
     plan = []
-    for start in range(0, num_samples, batch_size):
-        global_batch = order[start:start + batch_size]
-        if len(global_batch) < world_size or (drop_last and len(global_batch) < batch_size):
-            break
-        plan.append(global_batch.tensor_split(world_size)[rank])
+    for start, length in zip(range(0, num_samples, batch_size), _global_lengths(num_samples, batch_size, world_size,
+                                                                                 drop_last)):
+        plan.append(order[start:start + length].tensor_split(world_size)[rank])
     return plan
+
+
+def _global_lengths(num_samples: int, batch_size: int, world_size: int, drop_last: bool) -> list[int]:
+    lengths = []
+    for start in range(0, num_samples, batch_size):
+        length = min(batch_size, num_samples - start)
+        if length < world_size or (drop_last and length < batch_size):
+            break
+        lengths.append(length)
+    return lengths
+
+
+def batch_lengths(num_samples: int, batch_size: int, *, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                  **_plan_args) -> list[int]:
+    """This rank's images in each batch of an epoch plan: the same every epoch (only the order is drawn). Takes a
+    source's plan_args as they are."""
+    # tensor_split gives the first (length % world_size) ranks one image more
+    return [length // world_size + (rank < length % world_size)
+            for length in _global_lengths(num_samples, batch_size, world_size, drop_last)]
 
 
 def image_index(index: int, num_samples: int) -> int:
@@ -182,8 +199,8 @@ class WorkerBatches:
         self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
                               drop_last=drop_last, repeats=repeats)
 
-    def steps(self, epoch: int) -> int:
-        return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
+    def batch_lengths(self) -> list[int]:
+        return batch_lengths(len(self.dataset), **self.plan_args)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         batches = worker_batches(self.dataset, epoch, start_step, plan_args=self.plan_args, workers=self.workers,
@@ -226,8 +243,8 @@ class DeviceBatches:
         self.plan_args = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, shuffle=shuffle,
                               drop_last=drop_last, repeats=repeats)
 
-    def steps(self, epoch: int) -> int:
-        return len(epoch_plan(len(self.labels), epoch=epoch, **self.plan_args))
+    def batch_lengths(self) -> list[int]:
+        return batch_lengths(len(self.labels), **self.plan_args)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         plan = epoch_plan(len(self.labels), epoch=epoch, **self.plan_args)

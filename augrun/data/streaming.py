@@ -17,7 +17,7 @@ import torch
 from augrun.augment import cpu as cpu_backend
 from augrun.augment.ops import OpSpec
 from augrun.augment.pixels import to_float
-from augrun.data.batches import Batch, BatchFinisher, epoch_plan, image_index, worker_batches
+from augrun.data.batches import Batch, BatchFinisher, batch_lengths, image_index, worker_batches
 from augrun.data.decoding import ImageFileError, open_rgb
 from augrun.data.photos import eval_transform, split_for_device, worker_transform
 from augrun.data.splits import FileData
@@ -96,8 +96,8 @@ class StreamBatches:
         # on the device, and a heap scan per step would be pure cost
         self.trim = _heap_trimmer() if finish.device.type == "cpu" else (lambda *args: None)
 
-    def steps(self, epoch: int) -> int:
-        return len(epoch_plan(len(self.dataset), epoch=epoch, **self.plan_args))
+    def batch_lengths(self) -> list[int]:
+        return batch_lengths(len(self.dataset), **self.plan_args)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         batches = worker_batches(self.dataset, epoch, start_step, plan_args=self.plan_args, workers=self.workers,

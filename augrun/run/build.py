@@ -65,8 +65,8 @@ def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Se
     trained = torch.compile(wrapped) if t.compile else wrapped
     train_batches, test_batches = batch_sources(cfg, data, backend=backend, train_ops=train_ops, batch_ops=batch_ops,
                                                 rank=rank, world=world, device=device)
-    micro_steps = train_batches.steps(1)
-    optimizer_steps = -(-micro_steps // t.accumulate_grad_batches)
+    lengths = train_batches.batch_lengths()
+    optimizer_steps = -(-len(lengths) // t.accumulate_grad_batches)
     optimizer = build_optimizer(cfg.optim.name, model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                 momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
     scheduler = build_scheduler(cfg.sched.name, optimizer, lr=cfg.optim.lr, epochs=t.epochs,
@@ -76,7 +76,7 @@ def build_run(cfg: TrainConfig, data: DataSplits, *, backend: str, train_ops: Se
     ema = ModelEma(model, decay=t.ema.decay, warmup=t.ema.warmup) if t.ema.decay > 0 else None
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
     updater = Updater(model, optimizer, scheduler, scaler, t.accumulate_grad_batches, t.clip_grad_norm, ema,
-                      micro_steps)
+                      lengths)
     return BuiltRun(model, wrapped, trained, loss_fn, amp_dtype(t.precision, device), train_batches, test_batches,
                     updater)
 

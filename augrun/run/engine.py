@@ -48,8 +48,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, e
 
     `loss_fn` gives per-image losses. The objective is their mean over the optimizer step's images, or with `sum_loss`
     their sum (the book's l.sum().backward()); then it is scaled by the world size, since DDP averages gradients over
-    the ranks. With accumulation, each micro-batch adds its share, so k micro-batches of b images give the step one
-    batch of k*b would.
+    the ranks. With accumulation, each micro-batch adds its share, so k micro-batches give the step one batch of all
+    their images would, however unevenly the epoch's last images are split.
     """
     model.train()
     device = state.sums.device
@@ -60,7 +60,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, state: EpochState, *, e
             logits = model(images)
             loss_sum = loss_fn(logits, targets).sum()
         n = images.shape[0]
-        updater.backward(loss_sum * world_size if sum_loss else loss_sum / (n * updater.window(step)))
+        updater.backward(loss_sum * world_size if sum_loss else loss_sum / updater.step_images(step, n))
         ends_step = updater.ends_step(step)
         if ends_step:
             updater.step()

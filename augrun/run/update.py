@@ -19,11 +19,20 @@ class Updater:
     accumulate: int                       # micro-batches per optimizer step (trainer.accumulate_grad_batches)
     clip_grad_norm: float                 # 0: off (as every off switch of the config)
     ema: ModelEma | None
-    micro_steps: int                      # micro-batches per epoch, so the epoch's last window knows its size
+    batch_lengths: list[int]              # this rank's images in each micro-batch of an epoch
 
-    def window(self, step: int) -> int:
-        """How many micro-batches the optimizer step that `step` belongs to averages (fewer at the epoch's end)."""
-        return min(self.accumulate, self.micro_steps - step // self.accumulate * self.accumulate)
+    @property
+    def micro_steps(self) -> int:
+        return len(self.batch_lengths)
+
+    def step_images(self, step: int, images: int) -> int:
+        """This rank's images in the optimizer step that micro-batch `step` (of `images` images) belongs to. Each
+        micro-batch's loss sum is divided by it, so the step's gradient is the mean over its images however they were
+        split: the epoch's last step may have fewer micro-batches, and its last micro-batch fewer images."""
+        if self.accumulate == 1:
+            return images
+        start = step // self.accumulate * self.accumulate
+        return sum(self.batch_lengths[start:start + self.accumulate])
 
     def ends_step(self, step: int) -> bool:
         """Whether micro-batch `step` (of its epoch) is the last of its optimizer step."""
