@@ -131,6 +131,51 @@ def test_group_signal_checkpoints_mid_epoch_and_resumes_bitwise(signum, workdir:
     assert without_timing(resume(workdir, *RUN)) == without_timing(uninterrupted)  # bitwise: floats compared exactly
 
 
+TEST_PASS_MARKER = "test: the last test pass"
+# sitecustomize: once a process has trained RUN's 15 steps, the next model.eval() (the last epoch's test pass) prints
+# TEST_PASS_MARKER and from then on every argmax (one per test batch) takes 0.5 s, so a signal sent on reading the
+# line lands inside the test pass
+SLOW_LAST_TEST_PASS = f'''
+import time
+import torch
+loss_forward, module_eval, argmax = torch.nn.CrossEntropyLoss.forward, torch.nn.Module.eval, torch.Tensor.argmax
+steps, slow = 0, False
+def forward(self, logits, target):
+    global steps
+    steps += torch.is_grad_enabled()
+    return loss_forward(self, logits, target)
+def eval(self):
+    global slow
+    if steps >= 15 and not slow:
+        slow = True
+        print("{TEST_PASS_MARKER}", flush=True)
+    return module_eval(self)
+def slow_argmax(self, *args, **kwargs):
+    if slow:
+        time.sleep(0.5)
+    return argmax(self, *args, **kwargs)
+torch.nn.CrossEntropyLoss.forward, torch.nn.Module.eval, torch.Tensor.argmax = forward, eval, slow_argmax
+'''
+
+
+def test_a_signal_in_the_last_test_pass_stops_it_and_resume_runs_the_pass(workdir: Path, tmp_path: Path,
+                                                                          uninterrupted):
+    """The test pass hears a signal between its batches: a large test set does not hold a stop back, and the last
+    epoch's pass does not swallow it (the run used to end as completed, exit 0)."""
+    hooks = tmp_path / "slow_test_pass"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_LAST_TEST_PASS)
+    run = Augrun(workdir, "train", *RUN, hooks=hooks)
+    run.wait_until(lambda: any(TEST_PASS_MARKER in line for line in run.stdout), f"line {TEST_PASS_MARKER!r}")
+    os.killpg(run.process.pid, signal.SIGTERM)
+    status, stdout, stderr = run.finish()
+    assert status == 143, stderr
+    notes = [line for line in (stdout + stderr).splitlines() if "stopped by signal" in line]
+    assert notes == [f"stopped by signal 15 in epoch 3's test pass; checkpoint saved. {run_resume_hint(workdir / 'run')}"]
+    assert saved_position(workdir / "run") == (3, 5)  # the epoch's training is kept
+    assert without_timing(resume(workdir, *RUN)) == without_timing(uninterrupted)
+
+
 @pytest.mark.parametrize("signum,to_group,ddp", [(signal.SIGTERM, True, DDP_WITH_WORKERS), (signal.SIGINT, False, DDP)],
                          ids=["SIGTERM-to-group-2x2-workers", "SIGINT-to-launcher"])
 def test_ddp_ranks_stop_at_the_same_step_and_resume(signum, to_group, ddp, workdir: Path, marker_hooks: Path):

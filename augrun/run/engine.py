@@ -89,12 +89,15 @@ def _raise_if_non_finite(first_bad_step: torch.Tensor, epoch: int) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, *, amp_dtype: torch.dtype | None, device: torch.device,
-             flip_tta: bool = False) -> dict[str, float]:
+             flip_tta: bool = False, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
     """Test accuracy over every rank's shard (each test image counted once): {"test_acc": ...}, and with `flip_tta`
-    also "test_acc_tta", scoring each image by the sum of its logits and its horizontal mirror's."""
+    also "test_acc_tta", scoring each image by the sum of its logits and its horizontal mirror's. None when stopped
+    by a signal part-way: a large test set must not hold a stop back for its whole pass."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, correct with tta, images
     for images, labels in batches:
+        if stop_requested():
+            return None
         with autocast(device, amp_dtype):
             logits = model(images)
             if flip_tta:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,8 @@ def _worker(rank: int, world: int, device: torch.device, p: Prepared) -> None:
             record = _run_epoch(run, progress, cfg, outputs, stops, world=world, device=device, every=progress_every)
             if record is None:  # stopped by a signal part-way: the epoch continues from this step on resume
                 checkpointer.save(progress)
-                stop(f"at epoch {epoch}, step {progress.state.next_step}")
+                step = progress.state.next_step
+                stop(f"at epoch {epoch}, step {step}" if step < run.steps else f"in epoch {epoch}'s test pass")
             progress.finish_epoch(record, device)
             checkpointer.save(progress)
             outputs.epoch_finished(progress.records)
@@ -273,6 +275,18 @@ def _set_up_process(device: torch.device, world: int, *, workers_per_rank: int, 
         torch.set_num_threads(threads)
 
 
+def _test_pass(run: BuiltRun, epoch: int, *, flip_tta: bool, device: torch.device,
+               stop_requested: Callable[[], bool]) -> dict[str, float] | None:
+    """The epoch's test accuracies (and the averaged weights', on the same images), or None if a signal stopped it."""
+    test = evaluate(run.wrapped, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype, device=device,
+                    flip_tta=flip_tta, stop_requested=stop_requested)
+    if test is None or run.updater.ema is None:
+        return test
+    averaged = evaluate(run.updater.ema.module, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype, device=device,
+                        stop_requested=stop_requested)
+    return None if averaged is None else test | {"test_acc_ema": averaged["test_acc"]}
+
+
 def _run_epoch(run: BuiltRun, progress: Progress, cfg: TrainConfig, outputs, stops: distributed.StopAgreement, *,
                world: int, device: torch.device, every: int) -> dict[str, Any] | None:
     """Train the rest of the current epoch and evaluate it (every trainer.eval_every epochs and the last); its metrics
@@ -299,12 +313,10 @@ def _run_epoch(run: BuiltRun, progress: Progress, cfg: TrainConfig, outputs, sto
         return None
     loss, correct, count = distributed.all_reduce_sum(state.sums).tolist()
     if epoch % t.eval_every == 0 or epoch == t.epochs:
-        test = evaluate(run.wrapped, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype, device=device,
-                        flip_tta=t.tta == "flip")
-        if run.updater.ema is not None:  # the averaged weights, on the same test images
-            averaged = evaluate(run.updater.ema.module, run.test_batches.epoch(epoch), amp_dtype=run.amp_dtype,
-                                device=device)
-            test["test_acc_ema"] = averaged["test_acc"]
+        test = _test_pass(run, epoch, flip_tta=t.tta == "flip", device=device, stop_requested=stops.after_step)
+        if test is None:  # stopped in the test pass: the epoch's training is kept, and its test pass runs on resume
+            progress.total_seconds += time.perf_counter() - began
+            return None
     else:
         test = {"test_acc": None} | ({"test_acc_tta": None} if t.tta == "flip" else {}) | (
             {"test_acc_ema": None} if run.updater.ema is not None else {})
