@@ -160,6 +160,33 @@ def test_sweep_returns_its_runs_and_the_comparison_at_its_root(in_workdir: Path)
     assert (in_workdir / "again" / "comparison.csv").read_text() == (in_workdir / "sweep" / "comparison.csv").read_text()
 
 
+def test_a_stop_between_two_sweep_jobs_names_the_sweeps_resume(in_workdir: Path, monkeypatch, capsys,
+                                                                caller_signal_handling):
+    """A signal that lands after job 0 ended and before job 1 started: the sweep stops there, and its one line says how
+    to resume it (the command line used to say "nothing to resume"); the resume keeps job 0 and runs job 1."""
+    from augrun import rundir
+    final_test_acc = rundir.final_test_acc
+
+    def job_ended(run_dir):
+        if Path(run_dir).name == "0":
+            signal.raise_signal(signal.SIGTERM)
+        return final_test_acc(run_dir)
+    monkeypatch.setattr(rundir, "final_test_acc", job_ended)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=sweep"])
+    monkeypatch.undo()
+    assert exited.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"augrun: stopped by signal 15 before job 1 started. Resume the sweep with the same command plus: "
+        f"hydra.sweep.dir={in_workdir / 'sweep'} resume=true")
+    assert not (in_workdir / "sweep" / "1" / "metrics.jsonl").exists()
+    job_0 = (in_workdir / "sweep" / "0" / "metrics.jsonl").read_text()
+
+    resumed = augrun.sweep(*TINY, "seed=0,1", "hydra.sweep.dir=sweep", "resume=true")
+    assert [run.ok for run in resumed.runs] == [True, True]
+    assert (in_workdir / "sweep" / "0" / "metrics.jsonl").read_text() == job_0  # kept, not run again
+
+
 def test_preview_returns_the_grid_the_command_line_writes(in_workdir: Path):
     image = augrun.preview("aug=flip_color_crop", "seed=3")
     assert isinstance(image, Image.Image) and image.size == (600, 300)  # the book's 2x4 grid at scale 1.5

@@ -202,7 +202,10 @@ def train_task(cfg: DictConfig) -> float | None:
     stopped = user_error = None
     try:
         if flag.signum is not None:  # received while Hydra set this job up, or between two sweep jobs: start no more
-            raise signals.Stopped(flag.signum, signals.before_training_note(flag.signum))
+            number = hydra_cfg.job.num if multirun else 0
+            raise signals.Stopped(flag.signum, f"stopped by signal {flag.signum} before job {number} started. "
+                                               f"{signals.resume_hint(run_dir)}" if number > 0
+                                  else signals.before_training_note(flag.signum))
         job = _job(hydra_cfg.job.num if multirun else 0, to_train_config(cfg), run_dir, multirun)
         typed = job.typed
         if job.progress == "completed":
