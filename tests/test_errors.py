@@ -137,3 +137,16 @@ def test_a_user_error_crosses_a_process_boundary_as_itself(kind):
     error = pickle.loads(pickle.dumps(kind("dataset.root", "missing; valid: a folder")))
     assert type(error) is kind and (error.key, error.message) == ("dataset.root", "missing; valid: a folder")
     assert str(error) == "dataset.root: missing; valid: a folder"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("logger.mlflow=yes-please", "logger.mlflow: Value 'yes-please' is not a valid bool (type str); valid: true or false"),
+    ("trainer.epochs=abc", "; valid: an integer"),
+    ("trainer.epochs=null", "trainer.epochs: field 'trainer.epochs' is not Optional; valid: an integer, not null"),
+    ("optim.lr=fast", "; valid: a number"),
+    ("trainer.threads=x", "; valid: an integer or null"),
+    ("dataset.root=[a,b]", "dataset.root: Cannot convert 'list' to string: '['a', 'b']'; valid: a string"),
+])
+def test_a_value_of_the_wrong_type_names_the_type_the_key_takes(override: str, expected: str, in_workdir):
+    message = refusal(*SMOKE, override)
+    assert message.endswith(expected) if expected.startswith(";") else message == expected, message

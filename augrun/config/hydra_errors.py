@@ -59,7 +59,34 @@ def explain_omegaconf(error: BaseException, schema_fields=None) -> str:
     form = mapping_form(key)
     if form and any(s in str(error) for s in ("ListConfig", "Cannot assign", "object_type", "Cannot merge")):
         return f"must be {form}"
-    return first_line(error)
+    valid = _type_in_words(_field_type(key))
+    if valid and "is not Optional" in str(error):
+        valid += ", not null"
+    return f"{first_line(error)}; valid: {valid}" if valid else first_line(error)
+
+
+def _field_type(dotted: str):
+    """The schema's annotation of a dotted key, or None where the schema is free-form."""
+    parent, _, name = dotted.rpartition(".")
+    cls = TrainConfig
+    for part in filter(None, parent.split(".")):
+        cls = typing.get_type_hints(cls).get(part)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+    return typing.get_type_hints(cls).get(name)
+
+
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_in_words(annotation) -> str | None:
+    """'an integer', 'a number or null', ...: what OmegaConf would have accepted, for a type error's valid: part."""
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args else [annotation]
+    if len(kinds) != 1 or kinds[0] not in _WORDS:
+        return None
+    return _WORDS[kinds[0]] + (" or null" if optional else "")
 
 
 def mapping_form(dotted: str) -> str | None:
