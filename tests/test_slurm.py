@@ -8,6 +8,7 @@ at the first check after it starts, 0-30 s later; the long run here trains for l
 """
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -50,10 +51,14 @@ def test_a_sweep_longer_than_its_time_limit_finishes_by_itself_with_exact_metric
 
 def test_a_preempted_job_continues_by_itself_with_exact_metrics(slurm, tmp_path: Path):
     """`scontrol requeue` of a running job (a preemption): SIGTERM, a checkpoint, and the job runs again from it. The
-    job is a plain sbatch script running augrun with srun, no submitit."""
+    job is a plain sbatch script running augrun with srun, no submitit. It logs to MLflow: the requeued job goes on in
+    the same MLflow run, which ends FINISHED with every epoch once."""
     reference = start_reference(*MEDIUM, cwd=tmp_path, env=slurm)
     script = tmp_path / "job.sh"
-    script.write_text(f"#!/bin/bash\nsrun {sys.executable} -m augrun train {' '.join(MEDIUM)} hydra.run.dir=run\n")
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracked = f"logger=mlflow logger.tracking_uri={store}" if importlib.util.find_spec("mlflow") else ""
+    script.write_text(f"#!/bin/bash\nsrun {sys.executable} -m augrun train {' '.join(MEDIUM)} {tracked} "
+                      "hydra.run.dir=run\n")
     job = sbatch(["--requeue", "--partition=debug", f"--output={tmp_path}/job-%j.out", "--open-mode=append",
                   str(script)], slurm, cwd=tmp_path)
     when(lambda: (tmp_path / "run" / "metrics.jsonl").is_file() and len(epochs(tmp_path / "run")) >= 3)
@@ -65,6 +70,15 @@ def test_a_preempted_job_continues_by_itself_with_exact_metrics(slurm, tmp_path:
     assert "stopped by signal 15" in log and "checkpoint saved" in log
     assert epochs(tmp_path / "run") == list(range(1, 41))
     assert without_timing(read_metrics(tmp_path / "run")) == without_timing(read_metrics(tmp_path / "reference"))
+    if tracked:
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking_uri=store)
+        [run] = client.search_runs([client.get_experiment_by_name("augrun").experiment_id])
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "test_acc")
+        assert sorted(m.step for m in history) == list(range(1, 41))
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            [r["test_acc"] for r in read_metrics(tmp_path / "run")])
 
 
 def test_a_cancelled_sweep_job_is_marked_stopped_and_resume_continues_it(slurm, tmp_path: Path):
