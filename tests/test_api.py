@@ -174,7 +174,7 @@ def test_a_stop_between_two_sweep_jobs_names_the_sweeps_resume(in_workdir: Path,
     monkeypatch.setattr(rundir, "final_test_acc", job_ended)
     with pytest.raises(SystemExit) as exited:
         main(["train", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=sweep"])
-    monkeypatch.undo()
+    monkeypatch.setattr(rundir, "final_test_acc", final_test_acc)  # (undo() would also leave in_workdir)
     assert exited.value.code == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"augrun: stopped by signal 15 before job 1 started. Resume the sweep with the same command plus: "
@@ -183,7 +183,7 @@ def test_a_stop_between_two_sweep_jobs_names_the_sweeps_resume(in_workdir: Path,
     job_0 = (in_workdir / "sweep" / "0" / "metrics.jsonl").read_text()
 
     resumed = augrun.sweep(*TINY, "seed=0,1", "hydra.sweep.dir=sweep", "resume=true")
-    assert [run.ok for run in resumed.runs] == [True, True]
+    assert resumed.dir == in_workdir / "sweep" and [run.ok for run in resumed.runs] == [True, True]
     assert (in_workdir / "sweep" / "0" / "metrics.jsonl").read_text() == job_0  # kept, not run again
 
 
