@@ -111,6 +111,9 @@ def test_another_dataset_config_is_scored_with_the_runs_model(run: Path, capsys)
     make_image_folder(Path("photos"), classes=tuple(f"class_{i}" for i in range(10)), per_class=1)
     report, _ = evaluate("run", "dataset=imagefolder", "dataset.root=photos", capsys=capsys)
     assert report["dataset"] == {"name": "imagefolder", "root": "photos", "split": "test", "images": 10}
+    shutil.rmtree("photos/train")  # another test set to score needs no train/: `photos/test/<class>/` alone will do
+    again, _ = evaluate("run", "dataset=imagefolder", "dataset.root=photos", capsys=capsys)
+    assert again["dataset"] == report["dataset"] and again["test_acc"] == report["test_acc"]
     make_image_folder(Path("two"))  # 2 classes: the run's model has 10 outputs
     with pytest.raises(SystemExit) as caught:
         main(["eval", "run", "dataset=imagefolder", "dataset.root=two"])

@@ -38,25 +38,30 @@ class DatasetRequest:
     test_size: int | None
     storage: str = "memory"            # memory or stream (choose_storage has resolved auto)
     cache_dir: Path | None = None      # image folders in memory: where the decoded copy is cached
+    test_only: bool = False            # augrun eval: an image folder needs no train/ (its test split stands in)
 
 
 def load_dataset(name: str, root: str, *, download: bool = True, image_size: int = 32, channels: int = 3,
                  num_classes: int = 10, train_size: int | None = None, test_size: int | None = None,
-                 storage: str = "auto", cache_dir: str | None = None, memory_limit_gb: float = 4.0) -> DataSplits:
+                 storage: str = "auto", cache_dir: str | None = None, memory_limit_gb: float = 4.0,
+                 test_only: bool = False) -> DataSplits:
+    """The dataset's two splits. `test_only` (augrun eval): an image folder is read without its train/, and its test
+    split stands in for both; the other datasets come whole."""
     choice = choose_storage(name, root, storage=storage, image_size=image_size, memory_limit_gb=memory_limit_gb,
-                            train_size=train_size, test_size=test_size)
+                            train_size=train_size, test_size=test_size, test_only=test_only)
     request = DatasetRequest(Path(root), download, image_size, channels, num_classes, train_size, test_size,
-                             choice.storage, Path(cache_dir).expanduser() if cache_dir else None)
+                             choice.storage, Path(cache_dir).expanduser() if cache_dir else None, test_only)
     splits = DATASETS.get(name)(request)
     return DataSplits(subset(splits.train, train_size), subset(splits.test, test_size))
 
 
 def choose_storage(name: str, root: str, *, storage: str, image_size: int, memory_limit_gb: float,
-                   train_size: int | None, test_size: int | None) -> folders.StorageChoice:
+                   train_size: int | None, test_size: int | None, test_only: bool = False) -> folders.StorageChoice:
     """memory or stream for this dataset (dataset.storage=auto decides here), and what to say about the choice."""
     if name == "imagefolder":
         return folders.choose_storage(Path(root), storage=storage, image_size=image_size,
-                                      memory_limit_gb=memory_limit_gb, train_size=train_size, test_size=test_size)
+                                      memory_limit_gb=memory_limit_gb, train_size=train_size, test_size=test_size,
+                                      splits=folders.TEST_ONLY if test_only else folders.SPLITS)
     if name == "imagenette":  # photos, and the folder may not be downloaded yet to look at: auto streams
         if storage == "memory":
             return folders.StorageChoice("memory", "")
@@ -206,7 +211,8 @@ STREAMABLE = ("imagefolder", "imagenette")  # photo folders; the other datasets 
 
 @DATASETS.register("imagefolder")
 def _image_folder(r: DatasetRequest) -> DataSplits:
-    return folders.load_image_folder(r.root, image_size=r.image_size, storage=r.storage, cache_dir=r.cache_dir)
+    return folders.load_image_folder(r.root, image_size=r.image_size, storage=r.storage, cache_dir=r.cache_dir,
+                                     splits=folders.TEST_ONLY if r.test_only else folders.SPLITS)
 
 
 def imagenette_archive() -> tuple[str, str, dict[str, tuple[str, ...]]]:

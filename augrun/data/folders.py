@@ -35,23 +35,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "augrun"
 
 
+SPLITS = ("train", "test")
+TEST_ONLY = ("test", "test")  # augrun eval: the test split alone, standing in for both (read once)
+
+
 def load_image_folder(root: Path, *, image_size: int, storage: str = "memory", cache_dir: Path | None = None,
-                      splits: tuple[str, str] = ("train", "test")) -> DataSplits:
+                      splits: tuple[str, str] = SPLITS) -> DataSplits:
     """The folder's two splits, decoded (`memory`) or as file lists (`stream`); `splits`: the folder names of the
-    train and test images (Imagenette calls its test split val)."""
-    files = find_class_files(root, splits)
+    train and test images (Imagenette calls its test split val; TEST_ONLY reads test/ alone)."""
+    files = dict(zip(splits, find_class_files(root, splits)))  # TEST_ONLY: one entry, loaded once for both
     if storage == "stream":
-        return DataSplits(*(_file_data(split_files, image_size) for split_files in files))
-    check_cache_dir(root, cache_dir or default_cache_dir())
-    cache = _cache_folder(root, cache_dir)
-    return DataSplits(*(_cached_decode(cache, split, split_files, image_size) for split, split_files in zip(splits, files)))
+        loaded = {split: _file_data(split_files, image_size) for split, split_files in files.items()}
+    else:
+        check_cache_dir(root, cache_dir or default_cache_dir())
+        cache = _cache_folder(root, cache_dir)
+        loaded = {split: _cached_decode(cache, split, split_files, image_size) for split, split_files in files.items()}
+    return DataSplits(loaded[splits[0]], loaded[splits[1]])
 
 
-def find_class_files(root: Path, splits: tuple[str, str] = ("train", "test")) -> list[dict[str, list[Path]]]:
+def find_class_files(root: Path, splits: tuple[str, str] = SPLITS) -> list[dict[str, list[Path]]]:
     if not root.is_dir():
         raise DataError("dataset.root", f"{printable(root)} is not a directory; valid: a folder holding "
-                        f"{splits[0]}/<class>/ and {splits[1]}/<class>/")
-    found = [_class_files(root, split, splits) for split in splits]
+                        f"{_holding(splits)}")
+    by_split = {split: _class_files(root, split, splits) for split in dict.fromkeys(splits)}  # each read once
+    found = [by_split[split] for split in splits]
     if list(found[0]) != list(found[1]):
         only_train = sorted(set(found[0]) - set(found[1]))
         only_test = sorted(set(found[1]) - set(found[0]))
@@ -84,11 +91,15 @@ def _is_file(entry: os.DirEntry) -> bool:
                         "valid: remove it, or make it a link to an image file") from None
 
 
+def _holding(splits: tuple[str, str]) -> str:
+    return " and ".join(f"{split}/<class>/" for split in dict.fromkeys(splits))
+
+
 def _class_files(root: Path, split: str, splits: tuple[str, str]) -> dict[str, list[Path]]:
     folder = root / split
     if not folder.is_dir():
         raise DataError("dataset.root", f"{printable(folder)} is missing; valid: {printable(root)} holding "
-                        f"{splits[0]}/<class>/ and {splits[1]}/<class>/")
+                        f"{_holding(splits)}")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError("dataset.root", f"{printable(folder)} has no class folders; valid: "
@@ -122,7 +133,7 @@ class StorageChoice:
 
 
 def choose_storage(root: Path, *, storage: str, image_size: int, memory_limit_gb: float, train_size: int | None,
-                   test_size: int | None, splits: tuple[str, str] = ("train", "test")) -> StorageChoice:
+                   test_size: int | None, splits: tuple[str, str] = SPLITS) -> StorageChoice:
     """`auto`: memory when the decoded dataset fits dataset.memory_limit_gb and a sample of the images is about
     image_size already (within ABOUT_THE_SIZE); stream otherwise."""
     if storage != "auto":

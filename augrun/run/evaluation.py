@@ -78,11 +78,14 @@ def load_data(cfg: TrainConfig, warn: Callable[[str], None]) -> DataSplits:
     the model is built for."""
     d = cfg.dataset
     DATASETS.get(d.name)  # an unknown name: one line listing the registered ones
+    # test_only: another test split to score (an image folder of test/<class>/ alone) needs no train/
     storage = choose_storage(d.name, d.root, storage=d.storage, image_size=d.image_size,
-                             memory_limit_gb=d.memory_limit_gb, train_size=d.train_size, test_size=d.test_size)
+                             memory_limit_gb=d.memory_limit_gb, train_size=d.train_size, test_size=d.test_size,
+                             test_only=True)
     data = load_dataset(d.name, d.root, download=d.download, image_size=d.image_size, channels=d.channels,
                         num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size,
-                        storage=storage.storage, cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb)
+                        storage=storage.storage, cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb,
+                        test_only=True)
     if storage.note:
         warn(storage.note)
     for key, configured, actual in (("dataset.image_size", d.image_size, data.image_size),
