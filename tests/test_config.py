@@ -4,11 +4,13 @@ from __future__ import annotations
 import pytest
 import torchvision.transforms as V1
 import torchvision.transforms.v2 as T
-from helpers import compose_train
+from helpers import SMOKE, compose_train, refusal
 
 from augrun.augment.cpu import ToTensor, build_test_transform, build_train_transform
 from augrun.augment.ops import parse_train_pipeline
 from augrun.config.compose import to_train_config
+from augrun.errors import ConfigError
+from augrun.run import dryrun
 
 AUG_OPTIONS = ["none", "flip_only", "vflip", "crop", "brightness", "hue", "color_jitter", "flip_color_crop"]
 # d2l 14.1's transforms for a 32x32 dataset, in the classes the cpu backend runs them with (cpu.FASTEST_CLASS: the
@@ -84,3 +86,39 @@ def test_experiments_compose(experiment):
         assert cfg.dataset.name == "cifar10" and not cfg.dataset.normalize
     else:
         assert cfg.dataset.name == "synthetic" and cfg.model.name == "small_cnn" and cfg.trainer.epochs == 1
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["aug=mixup", "+aug.batch.MixUp.num_classes=5"],
+     "aug.batch.MixUp.num_classes: is set by augrun (the dataset's classes, dataset.num_classes); valid: leave it out "
+     "of aug.batch.MixUp"),
+    (["optim.lr=0"], "optim.lr: got 0.0; valid: > 0"),
+    (["trainer.ema.warmup=true"], "trainer.ema.warmup: true, but trainer.ema.decay=0 (no moving average to warm up)"),
+    (["optim=adamw", "optim.nesterov=true"], "optim.nesterov: true, but adamw has no Nesterov variant; valid: false, "
+                                             "or optim=sgd"),
+])
+def test_settings_augrun_sets_or_would_ignore_are_one_line(overrides: list[str], expected: str, in_workdir):
+    assert refusal(*SMOKE, *overrides).startswith(expected)
+
+
+def repeats_check(*overrides: str, nprocs: int = 1) -> None:
+    cfg = to_train_config(compose_train(*SMOKE, *overrides))
+    dryrun.micro_batches(cfg, nprocs=nprocs).check_repeats()
+
+
+@pytest.mark.parametrize("overrides, nprocs, most", [
+    (["aug.repeats=33"], 1, 32),                                        # batch 64: half of it
+    (["aug.repeats=17"], 2, 16),                                        # 32 images a process
+    (["aug.repeats=9", "trainer.accumulate_grad_batches=4"], 1, 8),     # micro-batches of 16
+])
+def test_repeats_that_could_fill_a_batch_with_one_image_are_refused(overrides, nprocs: int, most: int):
+    with pytest.raises(ConfigError) as caught:
+        repeats_check(*overrides, nprocs=nprocs)
+    message = str(caught.value)
+    assert message.startswith("aug.repeats: got") and f"valid: 1 <= repeats <= {most} (half the micro-batch" in message
+
+
+def test_repeats_up_to_half_a_processs_micro_batch_are_accepted():
+    repeats_check("aug.repeats=32")
+    repeats_check("aug.repeats=16", nprocs=2)
+    repeats_check("trainer.batch_size=1")  # no repeats: a batch of one is the batch size's business

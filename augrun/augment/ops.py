@@ -96,6 +96,8 @@ _TORCHVISION_OPS = {
 }
 # ops that are augrun's, not torchvision's: their class, in augrun.augment.gpu, gives their arguments and checks them
 OWN_OPS = ("MixUpCutMix",)
+# op arguments that augrun sets itself, and from what: a value in the config could only disagree with it
+SET_BY_AUGRUN = {"num_classes": "the dataset's classes, dataset.num_classes"}
 
 
 def op_class(name: str) -> type:
@@ -221,8 +223,18 @@ def argument_defaults(name: str) -> dict[str, Any]:
     alias = REGISTRY[name].alias if name in REGISTRY else None
     if alias is not None:
         return dict(alias.arguments)
+    return {n: default for n, default in _class_arguments(name).items() if n not in SET_BY_AUGRUN}
+
+
+def _class_arguments(name: str) -> dict[str, Any]:
     return {n: p.default for n, p in inspect.signature(op_class(name)).parameters.items()
-            if n not in ("self", "args", "kwargs", "num_classes" if name in OWN_OPS else "")}
+            if n not in ("self", "args", "kwargs")}
+
+
+def _set_by_augrun(name: str) -> set[str]:
+    """The arguments of op `name` that augrun sets itself (MixUp's num_classes): its class takes them, a config
+    does not."""
+    return set() if REGISTRY[name].alias is not None else SET_BY_AUGRUN.keys() & _class_arguments(name).keys()
 
 
 def _argument_names(op: str) -> list[str]:
@@ -271,6 +283,9 @@ def parse_pipeline(ops: Mapping[str, Any] | None, *, prefix: str, allowed: tuple
         kwargs = dict(kwargs or {})
         accepted = _argument_names(name)
         for arg, value in kwargs.items():
+            if arg in _set_by_augrun(name):
+                raise ConfigError(f"{key}.{arg}", f"is set by augrun ({SET_BY_AUGRUN[arg]}); valid: leave it out "
+                                  f"of {key}")
             if arg not in accepted:
                 raise ConfigError(f"{key}.{arg}", f"unknown argument of {name}; valid: {', '.join(accepted)}")
             _check_argument(name, arg, f"{key}.{arg}", value)

@@ -150,6 +150,31 @@ def check_at_least(key: str, value: float | None, minimum: float, *, allow_none:
         raise ConfigError(key, f"got {value}; must be >= {minimum}" + (" or null" if allow_none else ""))
 
 
+def check_above(key: str, value: float, minimum: float) -> None:
+    if not value > minimum:
+        raise ConfigError(key, f"got {value}; valid: > {minimum:g}")
+
+
+# optimizers that take optim.nesterov (augrun.models.optim): the others build without it
+NESTEROV_OPTIMIZERS = ("sgd",)
+
+
+def check_not_ignored(cfg: TrainConfig) -> None:
+    """A setting that the rest of the config switches off would be ignored in silence: the user meant something else."""
+    t, o = cfg.trainer, cfg.optim
+    ignored = (
+        ("trainer.ema.warmup", t.ema.warmup and t.ema.decay == 0,
+         "true, but trainer.ema.decay=0 (no moving average to warm up); valid: false, or a trainer.ema.decay > 0, "
+         "e.g. 0.9998"),
+        ("optim.nesterov", o.nesterov and o.name not in NESTEROV_OPTIMIZERS,
+         f"true, but {o.name} has no Nesterov variant; valid: false, or "
+         f"{' or '.join(f'optim={name}' for name in NESTEROV_OPTIMIZERS)}"),
+    )
+    for key, is_ignored, message in ignored:
+        if is_ignored:
+            raise ConfigError(key, message)
+
+
 def check_finite(value: Any, key: str = "") -> None:
     """Every float anywhere in the config (op arguments included) is a finite number: YAML and Hydra accept nan and
     inf, and a NaN learning rate would only show as a NaN loss an epoch later."""
@@ -192,7 +217,7 @@ def check_ranges(cfg: TrainConfig) -> None:
     if not 0.0 <= t.label_smoothing < 1.0:
         raise ConfigError("trainer.label_smoothing", f"got {t.label_smoothing}; valid: 0 <= value < 1")
     o = cfg.optim
-    check_at_least("optim.lr", o.lr, 0.0)
+    check_above("optim.lr", o.lr, 0.0)  # 0 would train nothing, every epoch
     check_at_least("optim.weight_decay", o.weight_decay, 0.0)
     if not 0.0 <= o.momentum < 1.0:
         raise ConfigError("optim.momentum", f"got {o.momentum}; valid: 0 <= value < 1")
@@ -220,6 +245,7 @@ def check_ranges(cfg: TrainConfig) -> None:
                           f"{len(d.mean)} dataset.mean and {len(d.std)} dataset.std values; valid: one of each per "
                           f"channel, e.g. dataset.mean={[0.5] * d.channels} dataset.std={[0.25] * d.channels}, or "
                           "dataset.normalize=false")
+    check_not_ignored(cfg)
     check_at_least("model.width", cfg.model.width, 1)
     if not 0.0 <= cfg.model.drop_path_rate < 1.0:
         raise ConfigError("model.drop_path_rate", f"got {cfg.model.drop_path_rate}; valid: 0 <= value < 1")

@@ -77,21 +77,51 @@ def build_timm_model(name: str, *, in_channels: int, num_classes: int, image_siz
         raise ConfigError(f"model.options.{taken[0]}", f"is set by augrun ({SET_BY_AUGRUN[taken[0]]}); valid: "
                           "leave it out of model.options")
     arguments = dict(options, num_classes=num_classes, in_chans=in_channels, pretrained=pretrained)
-    if drop_path_rate:
+    if drop_path_rate:  # only when asked for: many models (DLA, DenseNet, GhostNet) have no stochastic depth
         arguments["drop_path_rate"] = drop_path_rate
     try:
-        try:  # models that are sized for their input (ViTs, DeiT, Swin) take img_size; the others refuse it
-            return timm.create_model(name, img_size=image_size, **arguments)
-        except TypeError as error:
-            if "img_size" not in str(error):
-                raise
-            return timm.create_model(name, **arguments)
-    except TypeError as error:  # an option the model does not take
-        raise ConfigError("model.options", f"{name} refuses them ({first_line(error)}); valid: keyword arguments "
-                          f"of {name}'s timm class") from None
-    except (OSError, RuntimeError) as error:  # weights that could not be fetched or read
-        if not pretrained:
+        return _create(timm, name, image_size, arguments)
+    except Exception as error:  # timm checks the user's values with asserts, KeyErrors, ... not one exception type
+        raise _blame(error, name, pretrained=pretrained, options=options) from None
+
+
+def _create(timm, name: str, image_size: int, arguments: dict[str, Any]) -> nn.Module:
+    try:  # models that are sized for their input (ViTs, DeiT, Swin) take img_size; the others refuse it
+        return timm.create_model(name, img_size=image_size, **arguments)
+    except TypeError as error:
+        if "img_size" not in str(error):
             raise
-        raise ConfigError("model.pretrained", f"true, but {name}'s weights could not be loaded "
-                          f"({' '.join(first_line(error).split())[:200]}); valid: model.pretrained=false, or fetch "
-                          "them again (delete them from the Hugging Face cache)") from None
+        return timm.create_model(name, **arguments)
+
+
+def _blame(error: Exception, name: str, *, pretrained: bool, options: dict[str, Any]) -> Exception:
+    """The ConfigError naming the key that made timm fail to build `name`; `error` itself when no setting explains it
+    (a bug, which should keep its traceback)."""
+    reason = _reason(error)
+    if isinstance(error, TypeError) and "drop_path_rate" in str(error):
+        return ConfigError("model.drop_path_rate", f"{name} has no stochastic depth ({reason}); valid: 0.0")
+    if pretrained and isinstance(error, OSError):  # weights that could not be fetched or read
+        return _weights_error(name, reason)
+    if options:  # any failure while timm takes the user's options in: out of range, unknown, inconsistent
+        return options_error(name, options, reason)
+    if pretrained and isinstance(error, RuntimeError):  # weights that do not match the model
+        return _weights_error(name, reason)
+    return error
+
+
+def options_error(name: str, options: dict[str, Any], reason: str) -> ConfigError:
+    """model.options that timm refused, as it built the model or in its first step."""
+    given = ", ".join(f"{key}={value}" for key, value in options.items())
+    return ConfigError("model.options", f"{name} fails with {given} ({reason}); valid: keyword arguments of {name}'s "
+                       "timm class, with values it accepts")
+
+
+def _weights_error(name: str, reason: str) -> ConfigError:
+    return ConfigError("model.pretrained", f"true, but {name}'s weights could not be loaded ({reason}); valid: "
+                       "model.pretrained=false, or fetch them again (delete them from the Hugging Face cache)")
+
+
+def _reason(error: Exception) -> str:
+    """The error's first line, short, with its type where the message alone says little (a KeyError's is the key)."""
+    text = " ".join(first_line(error).split())[:200]
+    return text if isinstance(error, (TypeError, OSError, RuntimeError)) else f"{type(error).__name__}: {text}"

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from augrun.augment.ops import TENSOR_OPS, OpSpec, build_torchvision_op
-from augrun.config.schema import ModelConfig
+from augrun.config.schema import ModelConfig, TrainConfig
 from augrun.errors import ConfigError, first_line
 
-DRAWS = 8  # images pushed through the train ops; BatchNorm needs at least 2 for the forward pass
+DRAWS = 8  # images pushed through the train ops
+STEP_IMAGES = 2  # the dry run's training step: the fewest images that batch statistics (BatchNorm) can train on
+# what an error says when it is about the input's size (a kernel larger than the feature map, a ViT's fixed size)
+SIZE_WORDS = ("size", "shape", "dimension", "height", "width", "kernel", "patch")
 # bytes per pixel and channel while the synthetic data is made: float32 patterns, noise and their sum, then uint8
 SYNTHETIC_BYTES_PER_VALUE = 13
 MEMORY_SHARE = 0.8  # of the memory available now: the rest is for the model, workers and the system
@@ -27,9 +31,12 @@ MEMORY_SHARE = 0.8  # of the memory available now: the rest is for the model, wo
 
 def dry_run(*, train_ops: Sequence[OpSpec], batch_ops: Sequence[OpSpec], backend: str, image_size: int, channels: int,
             num_classes: int, mean: Sequence[float] | None, std: Sequence[float] | None, model: ModelConfig,
-            streamed: bool = False) -> None:
+            streamed: bool = False, micro_batches: MicroBatches | None = None) -> None:
     """Raise a ConfigError naming the op, model or dataset key that cannot train on images of this shape.
-    `streamed`: photos of their own sizes, which the train pipeline must bring to image_size."""
+    `streamed`: photos of their own sizes, which the train pipeline must bring to image_size. `micro_batches`: how the
+    run splits its batches, so that the step trains on the smallest one a process will see (default: 2 images)."""
+    if micro_batches is not None:
+        micro_batches.check_repeats()
     torch.manual_seed(0)
     if streamed:
         train = _streamed_train_batch(train_ops, backend=backend, image_size=image_size, mean=mean, std=std)
@@ -41,7 +48,8 @@ def dry_run(*, train_ops: Sequence[OpSpec], batch_ops: Sequence[OpSpec], backend
         else:
             train = torch.stack(_cpu_train_images(train_ops, pictures, mean=mean, std=std))
     targets = _batch_ops(batch_ops, train, torch.arange(DRAWS) % num_classes, num_classes)
-    _train_step(model, train, targets, channels=channels, num_classes=num_classes, image_size=image_size)
+    _train_step(model, train, targets, channels=channels, num_classes=num_classes, image_size=image_size,
+                micro_batches=micro_batches)
 
 
 def _picture(pixels: torch.Tensor) -> Image.Image:
@@ -130,18 +138,126 @@ def _batch_ops(specs: Sequence[OpSpec], images: torch.Tensor, labels: torch.Tens
     return targets
 
 
+@dataclass(frozen=True)
+class MicroBatches:
+    """How a run cuts its training set into micro-batches for each process, as data.batches.epoch_plan does: batches
+    of batch_size / accumulate_grad_batches images, the last one smaller (dropped under drop_last, or when it cannot
+    give every process an image), each split over the processes."""
+    batch_size: int
+    accumulate: int
+    nprocs: int
+    train_size: int | None  # None: known only once the dataset is loaded; then only full micro-batches are checked
+    drop_last: bool = False
+    repeats: int = 1        # aug.repeats: each drawn image this many times in a row
+    sync_bn: bool = False   # trainer.sync_bn: batch statistics over every process's share of a micro-batch
+
+    @property
+    def micro(self) -> int:
+        return self.batch_size // self.accumulate
+
+    @property
+    def remainder(self) -> int:
+        """Images in the epoch's last, smaller micro-batch; 0 when there is none (or it is dropped)."""
+        if self.train_size is None or self.drop_last:
+            return 0
+        left = self.train_size % self.micro
+        return left if left >= self.nprocs else 0
+
+    @property
+    def statistics_share(self) -> int:
+        """Over how many processes a micro-batch is split for its batch statistics (one under sync_bn: all of it)."""
+        return 1 if self.sync_bn else self.nprocs
+
+    def smallest(self) -> int:
+        """The fewest images that batch statistics see in a training step."""
+        full = self.micro if self.train_size is None or self.train_size >= self.micro else 0
+        # an epoch with no step at all (fewer images than processes) is not the dry run's to refuse
+        sizes = (size // self.statistics_share for size in (full, self.remainder) if size)
+        return min(sizes, default=self.micro // self.statistics_share)
+
+    def explain(self) -> str:
+        """Where the smallest micro-batch comes from, with the arithmetic."""
+        smallest = self.smallest()
+        shared = self.sync_bn and self.nprocs > 1  # SyncBatchNorm's statistics: every process's share together
+        gives = f"{'holds' if shared else 'gives a process'} {smallest} image{'s' if smallest != 1 else ''}"
+        over = f", split over {self.nprocs} processes" if self.statistics_share > 1 else ""
+        over = f", over {self.nprocs} processes with trainer.sync_bn" if shared else over
+        if self.remainder and self.remainder // self.statistics_share == smallest:
+            return (f"the last micro-batch of each epoch {gives} ({self.train_size} = "
+                    f"{self.train_size // self.micro} x {self.micro} + {self.remainder}{over})")
+        return (f"each micro-batch {gives} (trainer.batch_size={self.batch_size} / "
+                f"accumulate_grad_batches={self.accumulate}{over})")
+
+    def check_repeats(self) -> None:
+        """A process's micro-batch holds at least two images: with repeats above half of it, a batch can be one image
+        in copies, and the step learns from a single image."""
+        most = self.micro // self.nprocs // 2
+        if self.repeats > max(most, 1):
+            over = f" over {self.nprocs} processes" if self.nprocs > 1 else ""
+            valid = f"1 <= repeats <= {most}" if most else "1 (or a larger trainer.batch_size)"
+            raise ConfigError("aug.repeats", f"got {self.repeats}, but a process's micro-batch holds "
+                              f"{self.micro // self.nprocs} images (trainer.batch_size={self.batch_size} / "
+                              f"accumulate_grad_batches={self.accumulate}{over}), so a batch could be one image "
+                              f"repeated; valid: {valid} (half the micro-batch: at least two images a batch)")
+
+
+def micro_batches(cfg: TrainConfig, *, nprocs: int) -> MicroBatches:
+    """The run's micro-batches; torch.compile drops the last, smaller one (trainer.compile: a fixed shape)."""
+    t = cfg.trainer
+    return MicroBatches(t.batch_size, t.accumulate_grad_batches, nprocs, cfg.dataset.train_size, t.compile,
+                        cfg.aug.repeats, t.sync_bn)
+
+
 def _train_step(model: ModelConfig, images: torch.Tensor, targets: torch.Tensor, *, channels: int,
-                num_classes: int, image_size: int) -> None:
+                num_classes: int, image_size: int, micro_batches: MicroBatches | None = None) -> None:
+    """One forward and backward pass on the smallest micro-batch the run will see (at most STEP_IMAGES images)."""
     from augrun.models.networks import build_model
-    net = build_model(model, in_channels=channels, num_classes=num_classes, image_size=image_size)
-    net.train()
-    try:
-        loss = torch.nn.functional.cross_entropy(net(images[:2].float()), targets[:2])
-        loss.backward()
+    count = min(STEP_IMAGES, micro_batches.smallest()) if micro_batches else STEP_IMAGES
+    try:  # timm checks some of the user's options only as it builds, others only in the step
+        net = build_model(model, in_channels=channels, num_classes=num_classes, image_size=image_size)
+    except ConfigError:
+        raise
     except Exception as error:
-        raise ConfigError("model", f"{model.name} cannot train on {_shape(images[0])} images (dataset.image_size="
-                          f"{image_size} after aug.train): {_reason(error)}; valid: a larger dataset.image_size or "
-                          "crop size, or another model") from None
+        raise _model_error(model, images, image_size, error) from None
+    try:
+        _step(net, images[:count], targets[:count])
+    except Exception as error:
+        # a model that trains on STEP_IMAGES but not on the run's fewest needs batch statistics: the batch is to blame
+        if count < STEP_IMAGES and _trains(net, images[:STEP_IMAGES], targets[:STEP_IMAGES]):
+            raise _batch_error(model, micro_batches, error) from None
+        raise _model_error(model, images, image_size, error) from None
+
+
+def _step(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> None:
+    net.train()
+    net.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(images.float()), targets).backward()
+
+
+def _trains(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> bool:
+    try:
+        _step(net, images, targets)
+    except Exception:
+        return False
+    return True
+
+
+def _batch_error(model: ModelConfig, micro_batches: MicroBatches, error: Exception) -> ConfigError:
+    return ConfigError("trainer.batch_size", f"{micro_batches.explain()}, and {model.name} cannot train on so few "
+                       f"({_reason(error)}); valid: a dataset.train_size, trainer.batch_size and "
+                       "trainer.accumulate_grad_batches that leave at least 2 images per micro-batch and process, or a "
+                       "model without batch statistics")
+
+
+def _model_error(model: ModelConfig, images: torch.Tensor, image_size: int, error: Exception) -> ConfigError:
+    """Blame the image size only for an error about sizes; otherwise the options the user gave the model."""
+    reason = _reason(error)
+    if model.options and not any(word in reason.lower() for word in SIZE_WORDS):  # only timm models take options
+        from augrun.models.timm_models import options_error
+        return options_error(model.name, model.options, reason)
+    return ConfigError("model", f"{model.name} cannot train on {_shape(images[0])} images (dataset.image_size="
+                       f"{image_size} after aug.train): {reason}; valid: a larger dataset.image_size or crop size, "
+                       "or another model")
 
 
 def _shape(image) -> str:

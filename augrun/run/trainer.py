@@ -117,7 +117,7 @@ def prepare(cfg: TrainConfig, run_dir: Path, *, visible_gpus: int, warn, job_num
                                         train_size=d.train_size, test_size=d.test_size)
         dryrun.dry_run(train_ops=train_ops, batch_ops=batch_ops, backend=backend, image_size=d.image_size,
                        channels=d.channels, num_classes=d.num_classes, mean=mean, std=std, model=cfg.model,
-                       streamed=streamed)
+                       streamed=streamed, micro_batches=dryrun.micro_batches(cfg, nprocs=placement.nprocs))
     request = dict(name=d.name, root=d.root, download=d.download, image_size=d.image_size, channels=d.channels,
                    num_classes=d.num_classes, train_size=d.train_size, test_size=d.test_size, storage=storage.storage,
                    cache_dir=d.cache_dir, memory_limit_gb=d.memory_limit_gb)
