@@ -150,3 +150,10 @@ def test_a_user_error_crosses_a_process_boundary_as_itself(kind):
 def test_a_value_of_the_wrong_type_names_the_type_the_key_takes(override: str, expected: str, in_workdir):
     message = refusal(*SMOKE, override)
     assert message.endswith(expected) if expected.startswith(";") else message == expected, message
+
+
+@pytest.mark.parametrize("override", ["trainer.ema.warmup=5", "trainer.sync_bn=0", "logger.mlflow=1"])
+def test_a_number_for_a_true_or_false_key_is_refused_not_read_as_true(override: str, in_workdir):
+    key, _, value = override.partition("=")
+    assert refusal(*SMOKE, override) == f"{key}: got {value}; valid: true or false"
+    assert refusal("-m", *SMOKE, f"{key}=false,{value}") == f"{key}: got {value}; valid: true or false"  # in a sweep

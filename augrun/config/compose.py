@@ -13,7 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from augrun import rundir
 from augrun.config.command_line import CONFIG_MODULE, CommandLine
-from augrun.config.hydra_errors import describe_composition_error, describe_parse_error, explain_omegaconf, mapping_form
+from augrun.config.hydra_errors import (
+    describe_composition_error,
+    describe_parse_error,
+    explain_omegaconf,
+    field_type,
+    mapping_form,
+)
 from augrun.config.plugin_settings import check_sweep
 from augrun.config.schema import TrainConfig, check_ranges, register_schemas
 from augrun.errors import ConfigError, UserError, first_line, printable
@@ -41,9 +47,10 @@ def compose(command: CommandLine, overrides: list[str], *, blame: bool = True) -
     try:
         for override in overrides:  # one at a time, so that a parse error names its override
             try:
-                OverridesParser.create().parse_overrides([override])
+                parsed = OverridesParser.create().parse_overrides([override])[0]
             except OverrideParseException as error:
                 raise UserError(override, describe_parse_error(error)) from None
+            _refuse_number_for_bool(parsed)
         return hydra.compose_config(config_name=command.config_name, overrides=overrides, run_mode=RunMode.RUN,
                                     from_shell=True, with_log_configuration=False)
     except UserError:
@@ -83,6 +90,16 @@ def _culprit(command: CommandLine, overrides: list[str]) -> str | None:
         except UserError:
             return overrides[count - 1] if count else None
     return None
+
+
+def _refuse_number_for_bool(override) -> None:
+    """OmegaConf turns any integer into a bool (trainer.ema.warmup=5 -> true): whoever wrote a number meant something
+    else (a count of warmup steps, say), so it is refused rather than read as true."""
+    if override.is_delete() or override.is_sweep_override():
+        return
+    value = override.value()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and field_type(override.key_or_group) is bool:
+        raise UserError(override.key_or_group, f"got {value}; valid: true or false")
 
 
 def expand_jobs(command: CommandLine) -> list[list[str]]:

@@ -59,13 +59,13 @@ def explain_omegaconf(error: BaseException, schema_fields=None) -> str:
     form = mapping_form(key)
     if form and any(s in str(error) for s in ("ListConfig", "Cannot assign", "object_type", "Cannot merge")):
         return f"must be {form}"
-    valid = _type_in_words(_field_type(key))
+    valid = _type_in_words(field_type(key))
     if valid and "is not Optional" in str(error):
         valid += ", not null"
     return f"{first_line(error)}; valid: {valid}" if valid else first_line(error)
 
 
-def _field_type(dotted: str):
+def field_type(dotted: str):
     """The schema's annotation of a dotted key, or None where the schema is free-form."""
     parent, _, name = dotted.rpartition(".")
     cls = TrainConfig
