@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import MARKER_LINE, SMOKE, assert_user_error, make_image_folder, read_metrics, run_augrun, snapshot
 
 from augrun.cli import main
@@ -132,6 +133,10 @@ def not_runs(run: Path) -> None:
     (Path("unsaved") / "checkpoint.pt").unlink()
     shutil.copytree(run, "broken")
     (Path("broken") / "checkpoint.pt").write_bytes(b"not a zip of tensors")
+    shutil.copytree(run, "foreign")  # a checkpoint copied in from a run of another model
+    state = torch.load(Path("foreign") / "checkpoint.pt", weights_only=False)
+    state["config"]["model"]["width"] = 16
+    torch.save(state, Path("foreign") / "checkpoint.pt")
 
 
 # the arguments of `augrun eval`, and what its one line must say
@@ -144,6 +149,8 @@ BAD_INPUT = [
                 "e.g. augrun eval sweep/0"),
     (["unsaved"], "unsaved: holds no checkpoint.pt, so no weights to evaluate"),
     (["broken"], "broken/checkpoint.pt is corrupt or unreadable"),
+    (["foreign"], "foreign/checkpoint.pt: was saved by another model than the one foreign/.hydra records "
+                  "(checkpoint -> run: model.width (16 -> 8)); valid: the run directory the checkpoint was saved in"),
     (["run", "weights=bogus"], "weights: weights=bogus names no weights of a run; valid: weights=model"),
     (["run", "weights=ema"], "weights: ema, but run/checkpoint.pt holds no EMA weights (the run had "
                              "trainer.ema.decay=0); valid: weights=model"),

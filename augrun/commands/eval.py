@@ -21,7 +21,7 @@ from augrun.config.command_line import override_key
 from augrun.config.compose import to_train_config
 from augrun.config.recorded import compose_recorded
 from augrun.config.schema import TrainConfig
-from augrun.errors import RunDirError, UserError, fail, printable
+from augrun.errors import CheckpointError, RunDirError, UserError, fail, printable
 
 EVAL_USAGE = """usage: augrun eval RUN_DIR [weights=model|ema] [overrides]
 
@@ -80,6 +80,7 @@ def run_eval(argv: list[str]) -> dict[str, Any]:
     began, started_at = time.perf_counter(), environment.now_utc()
     path = request.run_dir / rundir.CHECKPOINT
     state = checkpoint.load(path, key="", otherwise="another run's directory")
+    check_same_model(state, request.run_dir, path)
     scored = score_weights(cfg, chosen_weights(state, request.weights, path), source=str(path), warn=_warn)
     where = environment.gather(device_kind=scored.device.type, gpu_indices=scored.gpu_indices,
                                threads=scored.threads, command=environment.command_line())
@@ -165,6 +166,20 @@ def check_run_dir(path: Path) -> None:
         if not (path / name).is_file():
             raise RunDirError(shown, f"holds no {name}, so no {what} to evaluate (not a run, or one that ended "
                               f"before writing it); valid: {RUN_DIR_HOLDS}")
+
+
+def check_same_model(state: dict[str, Any], run_dir: Path, path: Path) -> None:
+    """The checkpoint is the run's own: its model config is the one the run recorded (a checkpoint copied in from
+    another run would otherwise fail as weights that 'do not fit', blaming the dataset)."""
+    from dataclasses import asdict
+
+    from augrun.run import checkpoint
+    diffs = checkpoint.config_differences({"model": state["config"].get("model", {})},
+                                          {"model": asdict(eval_config(run_dir, []).model)})
+    if diffs:
+        raise CheckpointError(printable(path), f"was saved by another model than the one {printable(run_dir)}/.hydra "
+                              f"records (checkpoint -> run: {diffs[0]}); valid: the run directory the checkpoint was "
+                              "saved in")
 
 
 def chosen_weights(state: dict[str, Any], weights: str, path: Path) -> dict:
