@@ -151,6 +151,7 @@ BAD_INPUT = [
     (["broken"], "broken/checkpoint.pt is corrupt or unreadable"),
     (["foreign"], "foreign/checkpoint.pt: was saved by another model than the one foreign/.hydra records "
                   "(checkpoint -> run: model.width (16 -> 8)); valid: the run directory the checkpoint was saved in"),
+    (["weights=ema", "run"], "RUN_DIR: must come first, before weights=ema; valid: augrun eval RUN_DIR"),
     (["run", "weights=bogus"], "weights: weights=bogus names no weights of a run; valid: weights=model"),
     (["run", "weights=ema"], "weights: ema, but run/checkpoint.pt holds no EMA weights (the run had "
                              "trainer.ema.decay=0); valid: weights=model"),

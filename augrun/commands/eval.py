@@ -110,6 +110,9 @@ def parse_eval_args(argv: list[str]) -> EvalRequest:
     if not argv:
         raise UserError("RUN_DIR", f"not given; valid: augrun eval RUN_DIR [weights=model|ema] [overrides], with "
                         f"RUN_DIR {RUN_DIR_HOLDS}")
+    if "=" in argv[0] and not Path(argv[0]).is_dir():  # `augrun eval weights=ema RUN_DIR`
+        raise UserError("RUN_DIR", f"must come first, before {printable(argv[0])}; valid: augrun eval RUN_DIR "
+                        "[weights=model|ema] [overrides]")
     weights, overrides = "model", []
     for arg in argv[1:]:
         if override_key(arg) == "weights":
