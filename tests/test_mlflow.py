@@ -2,11 +2,13 @@
 real `mlflow server` on 127.0.0.1 whose REST API finds the runs as its web UI does."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,12 +22,19 @@ from test_signals import Augrun
 
 from augrun import rundir
 from augrun.cli import main
+from augrun.report import mlflow_tracking
 
 pytest.importorskip("mlflow", reason="MLflow is not installed (pip install 'augrun[mlflow]')")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 RUN = [*SMOKE, "trainer.workers=0", "logger=mlflow"]
 EPOCH_METRICS = ("train_loss", "train_acc", "test_acc", "lr", "examples_per_s")
+
+
+@pytest.fixture(autouse=True)
+def warnings_unsaid(monkeypatch):
+    """The store's trouble is said once per process: once per test here."""
+    monkeypatch.setattr(mlflow_tracking, "_failure_said", False)
 
 
 def store(folder: Path) -> str:
@@ -65,7 +74,8 @@ def test_a_run_is_one_mlflow_run_with_its_config_metrics_tags_and_files(in_workd
         assert steps(uri, run.info.run_id, key) == [(r["epoch"], pytest.approx(r[key])) for r in records]
     assert artifacts(uri, run.info.run_id) == sorted(["curves.png", "metrics.csv", "preview.png", "summary.json"])
     state = torch.load(in_workdir / "run" / rundir.CHECKPOINT, weights_only=True)
-    assert state["tracking"] == {"mlflow_run_id": run.info.run_id}
+    assert state["tracking"] == {"mlflow_run_id": run.info.run_id, "mlflow_tracking_uri": uri,
+                                 "mlflow_experiment_name": "augrun"}
 
 
 def test_the_store_defaults_to_outputs_and_mlflow_tracking_uri_wins(in_workdir: Path, monkeypatch):
@@ -175,9 +185,12 @@ def search_rest(url: str, experiment_id: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_sweep_logged_through_a_server_is_found_by_its_rest_api(in_workdir: Path, mlflow_server):
+def test_a_sweep_logged_through_a_server_is_found_by_its_rest_api(in_workdir: Path, mlflow_server, capfd):
     url, _ = mlflow_server
     main(["train", "-m", *RUN, "trainer.epochs=1", "seed=0,1", f"logger.tracking_uri={url}", "hydra.sweep.dir=sweep"])
+    out, err = capfd.readouterr()
+    assert "View run" not in out and "View experiment" not in out  # MLflow's own lines
+    assert not mlflow_warnings(err), err
     experiment = MlflowClient(url).get_experiment_by_name("augrun")
     found = search_rest(url, experiment.experiment_id)
     tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in found]
@@ -187,6 +200,44 @@ def test_a_sweep_logged_through_a_server_is_found_by_its_rest_api(in_workdir: Pa
     assert all(run["info"]["status"] == "FINISHED" for run in found)
     child = next(run for run, t in zip(found, tags) if "mlflow.parentRunId" in t)
     assert "summary.json" in artifacts(url, child["info"]["run_id"])  # uploaded through the server
+
+
+def hung_server_run(workdir: Path, hooks: Path, mlflow_server, *extra: str) -> tuple[Augrun, float]:
+    """A run logging to the server, whose processes are stopped (SIGSTOP: connections open, nothing answered) at the
+    run's marked step; the moment they were. MLflow's HTTP limits are augrun's own: none set here."""
+    url, server = mlflow_server
+    run = Augrun(workdir, "train", *RUN, *extra, f"logger.tracking_uri={url}", "hydra.run.dir=run", hooks=hooks)
+    run.wait_until(lambda: any(MARKER_LINE in line for line in run.stdout), f"line {MARKER_LINE!r}")
+    os.killpg(server.pid, signal.SIGSTOP)
+    return run, time.monotonic()
+
+
+def mlflow_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "MLflow" in line or "mlflow" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [None, signal.SIGTERM], ids=["completes", "SIGTERM"])
+def test_a_store_that_hangs_mid_run_holds_up_neither_training_nor_a_stop(workdir: Path, marker_hooks: Path,
+                                                                          mlflow_server, signum):
+    _, server = mlflow_server
+    run, hung = hung_server_run(workdir, marker_hooks, mlflow_server, "trainer.epochs=3")
+    try:
+        if signum is not None:
+            os.killpg(run.process.pid, signum)
+        status, _, stderr = run.finish(timeout=60)  # MLflow's own limits: minutes per call
+        took = time.monotonic() - hung
+    finally:
+        os.killpg(server.pid, signal.SIGCONT)
+        if run.process.poll() is None:
+            os.killpg(run.process.pid, signal.SIGKILL)
+    assert status == (0 if signum is None else 128 + signum), stderr
+    assert took < mlflow_tracking.END_WAIT_S + 10, took  # the end waits for the store a bounded time, once
+    (warning,) = mlflow_warnings(stderr)
+    assert warning.startswith("augrun: warning: MLflow tracking "), stderr
+    assert "Traceback" not in stderr
+    expected = "completed" if signum is None else "stopped"
+    assert json.loads((workdir / "run" / "summary.json").read_text())["status"] == expected
 
 
 @pytest.mark.slow
@@ -219,14 +270,38 @@ def test_a_store_that_fails_mid_run_is_said_once_and_training_goes_on(workdir: P
     ("bogus://x", "logger.tracking_uri: bogus://x: MLflow knows no bogus:// store; valid: sqlite:///"),
     ("mlruns", "logger.tracking_uri: {tmp}/mlruns is a folder, MLflow's file store"),
     ("sqlite:///:memory:", "logger.tracking_uri: sqlite:///:memory: keeps the runs in memory"),
+    ("sqlite:////proc/augrun-test.db", "logger.tracking_uri: "),  # a directory where no file can be created
+    ("sqlite:///{tmp}/other.db", "logger.tracking_uri: sqlite:///{tmp}/other.db is a database of something else "
+                                 "(tables notes); valid: an MLflow database, an empty one"),
 ])
 def test_a_store_that_cannot_be_used_is_refused_before_anything_is_created(uri, expected, in_workdir: Path):
     (in_workdir / "a-file").write_text("not a folder")
     (in_workdir / "junk.db").write_text("not a database")
+    with contextlib.closing(sqlite3.connect(in_workdir / "other.db")) as other:
+        other.execute("CREATE TABLE notes (x)")
     before = sorted(p.name for p in in_workdir.iterdir())
+    started = time.monotonic()
     message = refusal(*RUN, f"logger.tracking_uri={uri.format(tmp=in_workdir)}", "hydra.run.dir=run")
+    assert time.monotonic() - started < 10  # not MLflow's minutes of retries
     assert message.startswith(expected.format(tmp=in_workdir)), message
     assert sorted(p.name for p in in_workdir.iterdir()) == before
+    assert {"notes"} == {row[0] for row in sqlite3.connect(in_workdir / "other.db").execute(
+        "SELECT name FROM sqlite_master")}  # nothing added to it
+
+
+def test_a_sqlite_store_locked_by_another_process_is_refused_as_locked(in_workdir: Path):
+    uri = store(in_workdir)
+    mlflow_tracking.open_store(uri, "augrun")
+    with contextlib.closing(sqlite3.connect(in_workdir / "mlflow.db", isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        message = refusal(*RUN, f"logger.tracking_uri={uri}", "hydra.run.dir=run")
+    assert message.startswith(f"logger.tracking_uri: {uri} is locked by another process"), message
+
+
+def test_a_refused_store_from_the_environment_is_named_as_such(in_workdir: Path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    message = refusal(*RUN, "hydra.run.dir=run")
+    assert message.startswith("MLFLOW_TRACKING_URI: bogus://x: MLflow knows no bogus:// store"), message
 
 
 def test_an_empty_experiment_name_is_refused(in_workdir: Path):
@@ -261,3 +336,58 @@ def test_a_value_over_mlflows_length_limit_is_cut_with_a_marker_not_dropped(in_w
     root = run.data.params["dataset.root"]
     assert len(root) == MAX_PARAM_VAL_LENGTH and root.endswith(TRUNCATED) and root.startswith("x" * 100)
     assert run.data.params["dataset.name"] == "folder" and run.data.tags["augrun.overrides"].endswith(TRUNCATED)
+
+
+@pytest.mark.parametrize("label", ["dataset.root=ra/", "dataset.root=/a/../b//c/./", "x=..", "", "é:ü?*" * 80])
+def test_any_group_label_makes_a_metric_key_mlflow_accepts(label):
+    from mlflow.utils.validation import _validate_metric_name
+    _validate_metric_name(f"{mlflow_tracking.metric_key(label)}/test_acc_mean")
+
+
+def test_a_sweeps_parent_run_ends_even_when_its_metrics_are_refused(in_workdir: Path, capsys):
+    uri = store(in_workdir)
+    experiment_id = mlflow_tracking.open_store(uri, "augrun")
+    root = in_workdir / "sweep"
+    root.mkdir()
+    (root / "comparison.md").write_text("# comparison\n")
+    sweep = mlflow_tracking.start_sweep(root, uri, experiment_id, overrides=[])
+    mlflow_tracking.finish_sweep(sweep, root, "completed", {"a//b": 1.0})  # a key MLflow refuses
+    (parent,) = runs_of(uri)
+    assert parent.info.status == "FINISHED" and artifacts(uri, parent.info.run_id) == ["comparison.md"]
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("augrun: warning: MLflow tracking stopped") and "the sweep's own files" in warning
+
+
+@pytest.mark.parametrize("key, values", [("logger.experiment_name", "expA,expB"),
+                                         ("logger.tracking_uri", "sqlite:///a.db,sqlite:///b.db")])
+def test_a_sweep_over_the_store_or_experiment_is_refused(key, values, in_workdir: Path):
+    message = refusal("-m", *RUN, f"{key}={values}", "hydra.sweep.dir=sweep")
+    assert message.startswith(f"{key}: is swept ({values.replace(',', ', ')}), but a sweep's runs"), message
+    assert not (in_workdir / "sweep").exists() and not (in_workdir / "a.db").exists()
+
+
+def test_a_run_name_leaves_resume_out():
+    assert mlflow_tracking.run_name("seed=1 resume=true aug=none") == "seed=1 aug=none"
+
+
+@pytest.mark.parametrize("key, other", [("logger.tracking_uri", "sqlite:///{tmp}/other.db"),
+                                        ("logger.experiment_name", "elsewhere")])
+def test_a_resume_in_another_store_or_experiment_is_refused(key, other, in_workdir: Path):
+    uri = store(in_workdir)
+    main(["train", *RUN, "trainer.epochs=1", f"logger.tracking_uri={uri}", "hydra.run.dir=run"])
+    recorded = {"logger.tracking_uri": uri, "logger.experiment_name": "augrun"}
+    other = other.format(tmp=in_workdir)
+    overrides = {"logger.tracking_uri": uri, key: other}
+    message = refusal(*RUN, "trainer.epochs=1", "resume=true", *(f"{k}={v}" for k, v in overrides.items()),
+                      "hydra.run.dir=run")
+    assert message.startswith(f"{key}: {other} is not where the resumed run") and message.endswith(
+        f"valid: {recorded[key]}"), message
+    assert not (in_workdir / "other.db").exists()
+
+
+def test_nothing_of_mlflows_own_logging_is_printed_once_augrun_tracks(in_workdir: Path, capfd):
+    import logging
+    mlflow_tracking.open_store(store(in_workdir), "augrun")  # MLflow imported, and its loggers as augrun sets them
+    for name in ("mlflow.store.db.utils", "mlflow.utils.databricks_utils", "alembic.runtime.migration"):
+        logging.getLogger(name).error("SQLAlchemy database error: database is locked")  # as MLflow logs them
+    assert capfd.readouterr().err == ""

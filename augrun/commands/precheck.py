@@ -101,14 +101,31 @@ def precheck_train(command: CommandLine, *, visible_gpus: Callable[[], int]) -> 
 
 
 def _open_tracking_store(jobs: list[Job]) -> tuple[str, str] | None:
-    """The MLflow store and experiment of the command's jobs that log to MLflow (a sweep's jobs all log to the first
-    one's, where their parent run is), created when missing; None when no job does."""
-    tracked = [job.composed.logger for job in jobs if job.composed.logger.mlflow]
+    """The MLflow store and experiment of the command's jobs that log to MLflow, created when missing; None when no
+    job does. A resumed job's must be the ones its MLflow run is in."""
+    tracked = [job for job in jobs if job.composed.logger.mlflow]
     if not tracked:
         return None
     from augrun.report import mlflow_tracking
-    uri = mlflow_tracking.resolve_uri(tracked[0].tracking_uri)
-    return uri, mlflow_tracking.open_store(uri, tracked[0].experiment_name)
+    from augrun.run import checkpoint
+    _check_one_store(tracked)
+    logger = tracked[0].composed.logger
+    uri = mlflow_tracking.resolve_uri(logger.tracking_uri)
+    for job in tracked:
+        if job.typed.resume and (job.run_dir / rundir.CHECKPOINT).is_file():
+            tracking = checkpoint.load(job.run_dir / rundir.CHECKPOINT).get("tracking") or {}
+            mlflow_tracking.check_resumed(tracking, job.run_dir, uri, logger.experiment_name)
+    return uri, mlflow_tracking.open_store(uri, logger.experiment_name)
+
+
+def _check_one_store(tracked: list[Job]) -> None:
+    """A sweep's runs are children of one parent run: its jobs share one store and one experiment."""
+    for key in ("tracking_uri", "experiment_name"):
+        values = list(dict.fromkeys(str(getattr(job.composed.logger, key)) for job in tracked))
+        if len(values) > 1:
+            raise UserError(f"logger.{key}", f"is swept ({', '.join(values)}), but a sweep's runs are children of "
+                            "one parent run, in one store and one experiment; valid: one value per sweep (a sweep "
+                            "for each)")
 
 
 # Hydra's submitit plugin's Slurm launcher runs as augrun's subclass of it (augrun.run.slurm_launcher: checkpoint before
