@@ -191,3 +191,10 @@ def test_sync_bn_counts_the_whole_micro_batch():
     # 131 = 2 x 64 + 3: a process's share of the last micro-batch is 1 image, but SyncBatchNorm's statistics see 3
     assert dryrun.MicroBatches(64, 1, 2, 131).smallest() == 1
     assert dryrun.MicroBatches(64, 1, 2, 131, sync_bn=True).smallest() == 3
+
+
+def test_the_pre_check_refuses_a_micro_batch_or_repeats_the_run_cannot_train_on(in_workdir: Path):
+    """The checks above, through the real pre-check (trainer.prepare passes the run's micro-batches to the dry run)."""
+    assert refusal(*SMOKE, "model=timm", "model.name=resnet10t", "dataset.train_size=129").startswith(
+        "trainer.batch_size: the last micro-batch of each epoch gives a process 1 image (129 = 2 x 64 + 1)")
+    assert refusal(*SMOKE, "aug.repeats=64").startswith("aug.repeats: got 64, but a process's micro-batch holds 64")
