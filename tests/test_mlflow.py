@@ -22,7 +22,7 @@ from test_signals import Augrun
 
 from augrun import rundir
 from augrun.cli import main
-from augrun.report import mlflow_tracking
+from augrun.report import mlflow_store, mlflow_tracking
 
 pytest.importorskip("mlflow", reason="MLflow is not installed (pip install 'augrun[mlflow]')")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -291,7 +291,7 @@ def test_a_store_that_cannot_be_used_is_refused_before_anything_is_created(uri, 
 
 def test_a_sqlite_store_locked_by_another_process_is_refused_as_locked(in_workdir: Path):
     uri = store(in_workdir)
-    mlflow_tracking.open_store(uri, "augrun")
+    mlflow_store.open_store(uri, "augrun")
     with contextlib.closing(sqlite3.connect(in_workdir / "mlflow.db", isolation_level=None)) as holder:
         holder.execute("BEGIN EXCLUSIVE")
         message = refusal(*RUN, f"logger.tracking_uri={uri}", "hydra.run.dir=run")
@@ -346,7 +346,7 @@ def test_any_group_label_makes_a_metric_key_mlflow_accepts(label):
 
 def test_a_sweeps_parent_run_ends_even_when_its_metrics_are_refused(in_workdir: Path, capsys):
     uri = store(in_workdir)
-    experiment_id = mlflow_tracking.open_store(uri, "augrun")
+    experiment_id = mlflow_store.open_store(uri, "augrun")
     root = in_workdir / "sweep"
     root.mkdir()
     (root / "comparison.md").write_text("# comparison\n")
@@ -387,7 +387,7 @@ def test_a_resume_in_another_store_or_experiment_is_refused(key, other, in_workd
 
 def test_nothing_of_mlflows_own_logging_is_printed_once_augrun_tracks(in_workdir: Path, capfd):
     import logging
-    mlflow_tracking.open_store(store(in_workdir), "augrun")  # MLflow imported, and its loggers as augrun sets them
+    mlflow_store.open_store(store(in_workdir), "augrun")  # MLflow imported, and its loggers as augrun sets them
     for name in ("mlflow.store.db.utils", "mlflow.utils.databricks_utils", "alembic.runtime.migration"):
         logging.getLogger(name).error("SQLAlchemy database error: database is locked")  # as MLflow logs them
     assert capfd.readouterr().err == ""

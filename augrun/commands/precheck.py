@@ -106,16 +106,16 @@ def _open_tracking_store(jobs: list[Job]) -> tuple[str, str] | None:
     tracked = [job for job in jobs if job.composed.logger.mlflow]
     if not tracked:
         return None
-    from augrun.report import mlflow_tracking
+    from augrun.report import mlflow_store, mlflow_tracking
     from augrun.run import checkpoint
     _check_one_store(tracked)
     logger = tracked[0].composed.logger
-    uri = mlflow_tracking.resolve_uri(logger.tracking_uri)
+    uri = mlflow_store.resolve_uri(logger.tracking_uri)
     for job in tracked:
         if job.typed.resume and (job.run_dir / rundir.CHECKPOINT).is_file():
             tracking = checkpoint.load(job.run_dir / rundir.CHECKPOINT).get("tracking") or {}
             mlflow_tracking.check_resumed(tracking, job.run_dir, uri, logger.experiment_name)
-    return uri, mlflow_tracking.open_store(uri, logger.experiment_name)
+    return uri, mlflow_store.open_store(uri, logger.experiment_name)
 
 
 def _check_one_store(tracked: list[Job]) -> None:

@@ -32,8 +32,8 @@ def check_logger(logger: LoggerConfig) -> None:
     if logger.tensorboard:
         _check_tensorboard()
     if logger.mlflow:
-        from augrun.report import mlflow_tracking
-        mlflow_tracking.check_store(mlflow_tracking.resolve_uri(logger.tracking_uri), logger.experiment_name)
+        from augrun.report import mlflow_store
+        mlflow_store.check_store(mlflow_store.resolve_uri(logger.tracking_uri), logger.experiment_name)
 
 
 def _check_tensorboard() -> None:
