@@ -391,3 +391,19 @@ def test_nothing_of_mlflows_own_logging_is_printed_once_augrun_tracks(in_workdir
     for name in ("mlflow.store.db.utils", "mlflow.utils.databricks_utils", "alembic.runtime.migration"):
         logging.getLogger(name).error("SQLAlchemy database error: database is locked")  # as MLflow logs them
     assert capfd.readouterr().err == ""
+
+
+def test_a_resumed_sweep_in_another_store_or_experiment_is_refused(in_workdir: Path):
+    """Jobs without a checkpoint have no MLflow run to check: the sweep's own record (its root's MLFLOW_FILE) is."""
+    from augrun.errors import ConfigError
+    root = in_workdir / "sweep"
+    root.mkdir()
+    uri, other = store(in_workdir), f"sqlite:///{in_workdir / 'other.db'}"
+    began = mlflow_tracking.start_sweep(root, uri, mlflow_store.open_store(uri, "augrun"), overrides=[])
+    with pytest.raises(ConfigError, match=rf"^logger.tracking_uri: {other} is not the store the sweep .* logs to"):
+        mlflow_tracking.start_sweep(root, mlflow_store.resolve_uri(other), mlflow_store.open_store(other, "augrun"),
+                                    overrides=[])
+    elsewhere = mlflow_store.open_store(uri, "elsewhere")
+    with pytest.raises(ConfigError, match=r"^logger.experiment_name: names another experiment"):
+        mlflow_tracking.start_sweep(root, uri, elsewhere, overrides=[])
+    assert mlflow_tracking.start_sweep(root, uri, began.experiment_id, overrides=[]) == began  # the same: goes on

@@ -49,10 +49,17 @@ class SweepTracking:
 
 
 def start_sweep(root: Path, uri: str, experiment_id: str, *, overrides: list[str]) -> SweepTracking:
-    """The sweep's parent run: created, or when the sweep resumes in the same store, the one it had, running again."""
-    client = open_client(uri)
+    """The sweep's parent run: created, or when the sweep resumes, the one it had, running again. A resumed sweep
+    logs where it began: another store or experiment would split its jobs over two parents."""
     recorded = read_sweep(root)
-    if recorded is not None and recorded.uri == uri and _exists(client, recorded.parent_run_id):
+    if recorded is not None and recorded.uri != str(uri):
+        raise ConfigError(key_of(uri), f"{uri} is not the store the sweep {root} logs to ({recorded.uri}); valid: "
+                          f"{recorded.uri}")
+    if recorded is not None and recorded.experiment_id != experiment_id:
+        raise ConfigError("logger.experiment_name", f"names another experiment (id {experiment_id}) than the one the "
+                          f"sweep {root} logs to (id {recorded.experiment_id}); valid: the experiment it began with")
+    client = open_client(uri)
+    if recorded is not None and _exists(client, recorded.parent_run_id):
         client.update_run(recorded.parent_run_id, status="RUNNING")
         return recorded
     run = client.create_run(experiment_id, run_name=root.name, tags={
