@@ -199,14 +199,14 @@ def train_task(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     typed: TrainConfig | None = None
+    number = hydra_cfg.job.num if multirun else 0
     stopped = user_error = None
     try:
         if flag.signum is not None:  # received while Hydra set this job up, or between two sweep jobs: start no more
-            number = hydra_cfg.job.num if multirun else 0
             raise signals.Stopped(flag.signum, f"stopped by signal {flag.signum} before job {number} started. "
                                                f"{signals.resume_hint(run_dir)}" if number > 0
                                   else signals.before_training_note(flag.signum))
-        job = _job(hydra_cfg.job.num if multirun else 0, to_train_config(cfg), run_dir, multirun)
+        job = _job(number, to_train_config(cfg), run_dir, multirun)
         typed = job.typed
         if job.progress == "completed":
             print(f"augrun: job {job.number} completed before; kept as it is", file=sys.stderr)
@@ -238,7 +238,7 @@ def train_task(cfg: DictConfig) -> float | None:
     if not multirun:
         raise JobFailed(message, status, user_error)
     # a failed job does not stop the sweep: the comparison lists it, and `augrun train -m` exits 1 at the end
-    print(f"augrun: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
+    print(f"augrun: job {number} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}", file=sys.stderr)
     return FAILED_OBJECTIVE
 
 
