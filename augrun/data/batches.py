@@ -72,13 +72,14 @@ def epoch_plan(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank
         copies = torch.arange(repeats).repeat(len(drawn)) * num_samples
         order = (drawn.repeat_interleave(repeats) + copies)[:num_samples]
     plan = []
-    for start, length in zip(range(0, num_samples, batch_size), _global_lengths(num_samples, batch_size, world_size,
+    for start, length in zip(range(0, num_samples, batch_size), global_batch_lengths(num_samples, batch_size, world_size,
                                                                                  drop_last)):
         plan.append(order[start:start + length].tensor_split(world_size)[rank])
     return plan
 
 
-def _global_lengths(num_samples: int, batch_size: int, world_size: int, drop_last: bool) -> list[int]:
+def global_batch_lengths(num_samples: int, batch_size: int, world_size: int, drop_last: bool) -> list[int]:
+    """The images of each global batch of an epoch plan, every rank's together."""
     lengths = []
     for start in range(0, num_samples, batch_size):
         length = min(batch_size, num_samples - start)
@@ -94,7 +95,7 @@ def batch_lengths(num_samples: int, batch_size: int, *, rank: int = 0, world_siz
     source's plan_args as they are."""
     # tensor_split gives the first (length % world_size) ranks one image more
     return [length // world_size + (rank < length % world_size)
-            for length in _global_lengths(num_samples, batch_size, world_size, drop_last)]
+            for length in global_batch_lengths(num_samples, batch_size, world_size, drop_last)]
 
 
 def image_index(index: int, num_samples: int) -> int:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from augrun.augment.ops import TENSOR_OPS, OpSpec, build_torchvision_op
 from augrun.config.schema import ModelConfig, TrainConfig
+from augrun.data.batches import global_batch_lengths
 from augrun.errors import ConfigError, first_line
 
 DRAWS = 8  # images pushed through the train ops
@@ -156,35 +157,31 @@ class MicroBatches:
         return self.batch_size // self.accumulate
 
     @property
-    def remainder(self) -> int:
-        """Images in the epoch's last, smaller micro-batch; 0 when there is none (or it is dropped)."""
-        if self.train_size is None or self.drop_last:
-            return 0
-        left = self.train_size % self.micro
-        return left if left >= self.nprocs else 0
-
-    @property
     def statistics_share(self) -> int:
         """Over how many processes a micro-batch is split for its batch statistics (one under sync_bn: all of it)."""
         return 1 if self.sync_bn else self.nprocs
 
+    def lengths(self) -> list[int]:
+        """Each micro-batch's images, all processes together, from the epoch plan's own arithmetic (train_size unknown:
+        the full ones; an epoch without a step, fewer images than processes, is not the dry run's to refuse)."""
+        if self.train_size is None:
+            return [self.micro]
+        return global_batch_lengths(self.train_size, self.micro, self.nprocs, self.drop_last) or [self.micro]
+
     def smallest(self) -> int:
-        """The fewest images that batch statistics see in a training step."""
-        full = self.micro if self.train_size is None or self.train_size >= self.micro else 0
-        # an epoch with no step at all (fewer images than processes) is not the dry run's to refuse
-        sizes = (size // self.statistics_share for size in (full, self.remainder) if size)
-        return min(sizes, default=self.micro // self.statistics_share)
+        """The fewest images that batch statistics see in a training step (tensor_split: the last process's share)."""
+        return min(length // self.statistics_share for length in self.lengths())
 
     def explain(self) -> str:
         """Where the smallest micro-batch comes from, with the arithmetic."""
-        smallest = self.smallest()
+        smallest, last = self.smallest(), self.lengths()[-1]
         shared = self.sync_bn and self.nprocs > 1  # SyncBatchNorm's statistics: every process's share together
         gives = f"{'holds' if shared else 'gives a process'} {smallest} image{'s' if smallest != 1 else ''}"
         over = f", split over {self.nprocs} processes" if self.statistics_share > 1 else ""
         over = f", over {self.nprocs} processes with trainer.sync_bn" if shared else over
-        if self.remainder and self.remainder // self.statistics_share == smallest:
+        if last < self.micro and last // self.statistics_share == smallest:
             return (f"the last micro-batch of each epoch {gives} ({self.train_size} = "
-                    f"{self.train_size // self.micro} x {self.micro} + {self.remainder}{over})")
+                    f"{self.train_size // self.micro} x {self.micro} + {last}{over})")
         return (f"each micro-batch {gives} (trainer.batch_size={self.batch_size} / "
                 f"accumulate_grad_batches={self.accumulate}{over})")
 

@@ -29,7 +29,7 @@ class Updater:
         """This rank's images in the optimizer step that micro-batch `step` (of `images` images) belongs to. Each
         micro-batch's loss sum is divided by it, so the step's gradient is the mean over its images however they were
         split: the epoch's last step may have fewer micro-batches, and its last micro-batch fewer images."""
-        if self.accumulate == 1:
+        if self.accumulate == 1:  # the batch itself (so a caller without an epoch plan, like the benchmark, needs none)
             return images
         start = step // self.accumulate * self.accumulate
         return sum(self.batch_lengths[start:start + self.accumulate])
